@@ -1,0 +1,61 @@
+"""deepkd: knowledge distillation of image classifiers, with the DeepKD trainer as its flagship.
+
+DeepKD (arXiv 2505.15133) decouples the student's gradient into task, target-class and non-target-class components,
+gives each its own GSNR-driven momentum, and masks low-confidence non-target classes with a dynamic top-K schedule.
+KD, DKD, DOT, DeepKD and their mixes are recipes: ``deepkd.compose(loss=..., momentum=..., mask=...)``.
+"""
+
+from deepkd import losses
+from deepkd.compose import Recipe, build, compose
+from deepkd.config import dump, load
+from deepkd.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    DeepKDError,
+    InputError,
+    NonFiniteLossError,
+    UnknownStrategyError,
+)
+from deepkd.masks import DynamicMask, NoMask, StaticMask
+from deepkd.momentum import DOT, GSNR, SGD, Fixed
+from deepkd.optim import DistillOptimizer, StepOutput
+from deepkd.parts import CE, DKD, KD
+from deepkd.registry import LOSSES, MASKS, MOMENTA, register_loss, register_mask, register_momentum
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CE",
+    "DKD",
+    "DOT",
+    "GSNR",
+    "KD",
+    "LOSSES",
+    "MASKS",
+    "MOMENTA",
+    "SGD",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "DeepKDError",
+    "DistillOptimizer",
+    "DynamicMask",
+    "Fixed",
+    "InputError",
+    "NoMask",
+    "NonFiniteLossError",
+    "Recipe",
+    "StaticMask",
+    "StepOutput",
+    "UnknownStrategyError",
+    "__version__",
+    "build",
+    "compose",
+    "dump",
+    "load",
+    "losses",
+    "register_loss",
+    "register_mask",
+    "register_momentum",
+]

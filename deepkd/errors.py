@@ -1,0 +1,65 @@
+"""The deepkd error family.
+
+Every error deepkd raises on bad input derives from :class:`DeepKDError`, so callers can catch the library's
+complaints in one place. Each subclass also derives from the built-in exception a Python user would expect
+(``ValueError``, ``LookupError``, ...), so generic handlers keep working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "DeepKDError",
+    "InputError",
+    "NonFiniteLossError",
+    "UnknownStrategyError",
+]
+
+
+class DeepKDError(Exception):
+    """Base class of every error raised by deepkd."""
+
+
+class ConfigError(DeepKDError, ValueError):
+    """A configuration value is invalid.
+
+    ``lines`` holds one ``message @ $.path`` entry per problem, so every error in a config is reported at once.
+    """
+
+    def __init__(self, lines: str | Iterable[str]) -> None:
+        self.lines: tuple[str, ...] = (lines,) if isinstance(lines, str) else tuple(lines)
+        super().__init__("\n".join(self.lines))
+
+
+class UnknownStrategyError(DeepKDError, LookupError):
+    """A strategy name is not registered; the message lists the known names and the closest match."""
+
+    def __init__(self, axis: str, name: str, known: Iterable[str], suggestion: str | None) -> None:
+        self.axis, self.name, self.known, self.suggestion = axis, name, tuple(known), suggestion
+        hint = f" Did you mean {suggestion!r}?" if suggestion else ""
+        super().__init__(
+            f"unknown {axis} strategy {name!r}.{hint} Known {axis} strategies: {', '.join(self.known) or '(none)'}."
+        )
+
+    def __str__(self) -> str:  # LookupError would otherwise quote the message like a dict key
+        return str(self.args[0])
+
+
+class InputError(DeepKDError, ValueError):
+    """A tensor handed to deepkd has the wrong shape, dtype or values (labels out of range, class mismatch...)."""
+
+
+class NonFiniteLossError(DeepKDError, FloatingPointError):
+    """A loss part became NaN or infinite; the message names the step and the part."""
+
+
+class CheckpointError(DeepKDError, ValueError):
+    """A checkpoint is corrupt, truncated, or belongs to another recipe or model."""
+
+
+class DataError(DeepKDError, FileNotFoundError):
+    """A data set is missing or malformed; the message says how to get it."""
