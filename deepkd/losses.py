@@ -1,0 +1,198 @@
+r"""Pure logit losses for distillation: ``ce``, ``kd``, ``tckd``, ``nckd`` and ``dkd``.
+
+Every function takes raw logits ``[B, C]`` (any floating dtype; computed in float32 inside) and returns the loss per
+sample ``[B]`` (``reduction="none"``, the default) or its batch mean (``reduction="mean"``). Teacher logits are
+treated as constants (detached). Notation: :math:`p = \mathrm{softmax}(z / T)`, :math:`p_y` the target probability,
+:math:`\hat p_i = p_i / (1 - p_y)` the distribution over the non-target classes.
+
+- KD (Hinton et al., 2015): :math:`T^2\,\mathrm{KL}(p^T \| p^S)`.
+- TCKD and NCKD (Zhao et al., "Decoupled Knowledge Distillation", CVPR 2022): the KL of the binary target/non-target
+  distributions and of the non-target distributions, both scaled by :math:`T^2`, so that per sample
+  :math:`\mathrm{KD}_i = \mathrm{TCKD}_i + (1 - p^T_{y,i})\,\mathrm{NCKD}_i`.
+
+Numerical care: :math:`\log(1 - p_y)` is a logsumexp over the non-target logits (never ``log(1 - p)``), excluded
+classes are masked with the dtype's lowest value (not ``-1000``), and zero-probability terms contribute exactly
+zero, so values and gradients stay finite for logits up to ±1e4 and for one-hot teachers.
+
+>>> import torch
+>>> s, t, y = torch.randn(4, 10), torch.randn(4, 10), torch.randint(0, 10, (4,))
+>>> pt_y = torch.softmax(t / 4, 1).gather(1, y[:, None])[:, 0]
+>>> torch.allclose(kd(s, t, 4.0), tckd(s, t, y, 4.0) + (1 - pt_y) * nckd(s, t, y, 4.0), atol=1e-5)
+True
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from deepkd.errors import InputError
+
+__all__ = ["ce", "dkd", "kd", "nckd", "standardize", "target_prob", "tckd", "validate_logits"]
+
+Reduction = Literal["none", "mean", "sum"]
+
+
+def validate_logits(student: Tensor, teacher: Tensor | None, target: Tensor | None) -> None:
+    """Check shapes, class counts and label range, raising :class:`InputError` that names the bad value."""
+    if student.dim() != 2:
+        raise InputError(f"student logits must have shape [batch, classes], got {tuple(student.shape)}")
+    if not student.is_floating_point():
+        raise InputError(f"student logits must be floating point, got {student.dtype}")
+    batch, classes = student.shape
+    if classes < 2:
+        raise InputError(f"distillation needs at least 2 classes, got logits of shape {tuple(student.shape)}")
+    if teacher is not None and teacher.shape != student.shape:
+        what = "class count" if teacher.dim() == 2 and teacher.shape[0] == batch else "shape"
+        raise InputError(
+            f"teacher/student {what} mismatch: teacher logits {tuple(teacher.shape)}, "
+            f"student logits {tuple(student.shape)}"
+        )
+    if target is not None:
+        if target.shape != (batch,):
+            raise InputError(f"target must have shape [{batch}], got {tuple(target.shape)}")
+        if target.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+            raise InputError(f"target must hold integer class indices, got dtype {target.dtype}")
+        if batch:
+            lo, hi = int(target.min()), int(target.max())
+            if lo < 0 or hi >= classes:
+                bad = lo if lo < 0 else hi
+                raise InputError(f"label {bad} is out of range: labels must lie in [0, {classes}) for {classes} classes")
+
+
+def standardize(logits: Tensor, eps: float = 1e-7) -> Tensor:
+    r"""Per-sample logit standardisation :math:`(z - \bar z) / (\sigma(z) + \epsilon)` (Sun et al., CVPR 2024).
+
+    :math:`\sigma` is the unbiased standard deviation over classes.
+    """
+    z = logits.float()
+    return (z - z.mean(dim=1, keepdim=True)) / (z.std(dim=1, keepdim=True) + eps)
+
+
+def _scaled(logits: Tensor, temperature: float, standardized: bool) -> Tensor:
+    z = standardize(logits) if standardized else logits.float()
+    return z / temperature
+
+
+def _reduce(x: Tensor, reduction: Reduction) -> Tensor:
+    if reduction == "none":
+        return x
+    if reduction == "mean":
+        return x.mean()
+    if reduction == "sum":
+        return x.sum()
+    raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
+
+
+def _kl_rows(log_p: Tensor, log_q: Tensor, valid: Tensor | None = None) -> Tensor:
+    """Σ_i p_i (log p_i - log q_i) per row, with entries where p_i = 0 or ``valid`` is False contributing 0."""
+    p = log_p.exp()
+    keep = p > 0 if valid is None else valid & (p > 0)
+    zero = torch.zeros((), dtype=log_p.dtype, device=log_p.device)
+    diff = torch.where(keep, log_p, zero) - torch.where(keep, log_q, zero)
+    return torch.where(keep, p * diff, zero).sum(dim=1)
+
+
+def ce(student: Tensor, target: Tensor, *, reduction: Reduction = "none") -> Tensor:
+    """Cross-entropy of the raw student logits (T = 1), computed in float32."""
+    return _reduce(F.cross_entropy(student.float(), target, reduction="none"), reduction)
+
+
+def kd(
+    student: Tensor,
+    teacher: Tensor,
+    temperature: float = 4.0,
+    *,
+    standardized: bool = False,
+    reduction: Reduction = "none",
+) -> Tensor:
+    r"""Hinton's KD loss :math:`T^2\,\mathrm{KL}(p^T \| p^S)` per sample."""
+    log_ps = F.log_softmax(_scaled(student, temperature, standardized), dim=1)
+    log_pt = F.log_softmax(_scaled(teacher.detach(), temperature, standardized), dim=1)
+    return _reduce(temperature**2 * _kl_rows(log_pt, log_ps), reduction)
+
+
+def _binary_log_probs(z: Tensor, target: Tensor, target_mask: Tensor) -> Tensor:
+    """[log p_y, log(1 - p_y)] per row, the second as a logsumexp over the non-target logits."""
+    lse_all = torch.logsumexp(z, dim=1)
+    log_py = z.gather(1, target.long()[:, None])[:, 0] - lse_all
+    lowest = torch.finfo(z.dtype).min
+    log_rest = torch.logsumexp(z.masked_fill(target_mask, lowest), dim=1) - lse_all
+    return torch.stack([log_py, log_rest], dim=1)
+
+
+def _target_mask(z: Tensor, target: Tensor) -> Tensor:
+    return F.one_hot(target.long(), z.shape[1]).bool()
+
+
+def tckd(
+    student: Tensor,
+    teacher: Tensor,
+    target: Tensor,
+    temperature: float = 4.0,
+    *,
+    standardized: bool = False,
+    reduction: Reduction = "none",
+) -> Tensor:
+    r"""Target-class KD: :math:`T^2\,\mathrm{KL}(b^T \| b^S)` with :math:`b = [p_y, 1 - p_y]`."""
+    zs = _scaled(student, temperature, standardized)
+    zt = _scaled(teacher.detach(), temperature, standardized)
+    gt = _target_mask(zs, target)
+    loss = _kl_rows(_binary_log_probs(zt, target, gt), _binary_log_probs(zs, target, gt))
+    return _reduce(temperature**2 * loss, reduction)
+
+
+def nckd(
+    student: Tensor,
+    teacher: Tensor,
+    target: Tensor,
+    temperature: float = 4.0,
+    *,
+    keep: Tensor | None = None,
+    standardized: bool = False,
+    reduction: Reduction = "none",
+) -> Tensor:
+    r"""Non-target-class KD: :math:`T^2\,\mathrm{KL}(\hat p^T \| \hat p^S)` over the non-target classes.
+
+    Args:
+        keep: optional boolean ``[B, C]`` mask of the non-target classes to keep (a top-K mask from
+            :mod:`deepkd.masks`); the same set is used for teacher and student. The target is always excluded.
+    """
+    zs = _scaled(student, temperature, standardized)
+    zt = _scaled(teacher.detach(), temperature, standardized)
+    valid = ~_target_mask(zs, target)
+    if keep is not None:
+        if keep.shape != zs.shape or keep.dtype != torch.bool:
+            raise InputError(f"keep mask must be a bool tensor of shape {tuple(zs.shape)}, got {keep.dtype} {tuple(keep.shape)}")
+        valid = valid & keep
+    lowest = torch.finfo(zs.dtype).min
+    log_ps = F.log_softmax(zs.masked_fill(~valid, lowest), dim=1)
+    log_pt = F.log_softmax(zt.masked_fill(~valid, lowest), dim=1)
+    return _reduce(temperature**2 * _kl_rows(log_pt, log_ps, valid), reduction)
+
+
+def target_prob(logits: Tensor, target: Tensor, temperature: float = 1.0, *, standardized: bool = False) -> Tensor:
+    """p_y = softmax(z / T)_y per sample, in float32."""
+    z = _scaled(logits, temperature, standardized)
+    return F.softmax(z, dim=1).gather(1, target.long()[:, None])[:, 0]
+
+
+def dkd(
+    student: Tensor,
+    teacher: Tensor,
+    target: Tensor,
+    *,
+    alpha: float = 1.0,
+    beta: float = 8.0,
+    temperature: float = 4.0,
+    keep: Tensor | None = None,
+    standardized: bool = False,
+    reduction: Reduction = "none",
+) -> Tensor:
+    r"""Decoupled KD without CE or warm-up: :math:`\alpha\,\mathrm{TCKD} + \beta\,\mathrm{NCKD}` (Zhao et al., 2022)."""
+    t = tckd(student, teacher, target, temperature, standardized=standardized)
+    n = nckd(student, teacher, target, temperature, keep=keep, standardized=standardized)
+    return _reduce(alpha * t + beta * n, reduction)

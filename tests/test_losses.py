@@ -1,0 +1,165 @@
+"""Losses: the KD = TCKD + (1 − p_y)·NCKD identity, analytic gradients, numerical safety, the part splits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import deepkd
+from deepkd import losses as L
+from deepkd.masks import topk_keep_mask
+
+from .conftest import logits_batch, temperatures
+
+
+@given(logits_batch(), temperatures, st.booleans())
+def test_kd_identity_per_sample(batch, temperature, standardized):
+    s, t, y = batch
+    pt_y = L.target_prob(t, y, temperature, standardized=standardized)
+    kd = L.kd(s, t, temperature, standardized=standardized)
+    rhs = L.tckd(s, t, y, temperature, standardized=standardized) + (1 - pt_y) * L.nckd(
+        s, t, y, temperature, standardized=standardized
+    )
+    assert kd.shape == (s.shape[0],)
+    torch.testing.assert_close(kd, rhs, atol=1e-4 * temperature**2, rtol=1e-4)
+
+
+@given(logits_batch(), temperatures)
+def test_losses_nonnegative_and_zero_at_teacher(batch, temperature):
+    s, t, y = batch
+    for loss in (L.kd(s, t, temperature), L.tckd(s, t, y, temperature), L.nckd(s, t, y, temperature)):
+        assert (loss >= -1e-5).all()
+    for loss in (L.kd(t, t, temperature), L.tckd(t, t, y, temperature), L.nckd(t, t, y, temperature)):
+        torch.testing.assert_close(loss, torch.zeros_like(loss), atol=1e-5, rtol=0)
+
+
+def _p(z, temperature):
+    return torch.softmax(z.double() / temperature, dim=1)
+
+
+@given(logits_batch(scale=3.0), temperatures)
+def test_analytic_gradients_wrt_logits(batch, temperature):
+    """TOG, TCG and NCG w.r.t. the student logits match §2 of the spec (per sample, before 1/B and T² scaling)."""
+    s, t, y = batch
+    s = s.double().requires_grad_()
+    t = t.double()
+    b, c = s.shape
+    onehot = torch.nn.functional.one_hot(y, c).bool()
+    ps, pt = _p(s.detach(), 1.0), None
+    (g_ce,) = torch.autograd.grad(L.ce(s, y).sum(), s)
+    torch.testing.assert_close(g_ce, ps - onehot.double())
+
+    ps, pt = _p(s.detach(), temperature), _p(t, temperature)
+    psy, pty = ps[onehot], pt[onehot]
+    hat_s = ps.masked_fill(onehot, 0) / (1 - psy)[:, None]
+    hat_t = pt.masked_fill(onehot, 0) / (1 - pty)[:, None]
+    (g_tc,) = torch.autograd.grad(L.tckd(s, t, y, temperature).sum(), s)
+    expected_tc = -temperature * (psy - pty)[:, None] * hat_s
+    expected_tc[onehot] = temperature * (psy - pty)
+    torch.testing.assert_close(g_tc.double(), expected_tc, atol=1e-5, rtol=1e-4)
+    (g_nc,) = torch.autograd.grad(L.nckd(s, t, y, temperature).sum(), s)
+    torch.testing.assert_close(g_nc.double(), temperature * (hat_s - hat_t), atol=1e-5, rtol=1e-4)
+    for g in (g_ce, g_tc, g_nc):  # each row sums to zero over classes
+        torch.testing.assert_close(g.sum(dim=1), torch.zeros(b, dtype=g.dtype), atol=1e-5, rtol=0)
+
+
+@given(logits_batch(min_classes=4), st.integers(1, 10))
+def test_nckd_gradient_is_zero_on_masked_classes(batch, k):
+    s, t, y = batch
+    keep = topk_keep_mask(t, y, k)
+    s = s.clone().requires_grad_()
+    (g,) = torch.autograd.grad(L.nckd(s, t, y, 4.0, keep=keep).sum(), s)
+    if keep is None:
+        assert k >= s.shape[1] - 1
+        return
+    assert (g[~keep] == 0).all()
+    assert torch.isfinite(g).all()
+
+
+@pytest.mark.parametrize("scale", [1e2, 1e3, 1e4])
+@pytest.mark.parametrize("standardized", [False, True])
+def test_finite_for_extreme_logits_and_one_hot_teachers(scale, standardized):
+    gen = torch.Generator().manual_seed(0)
+    s = (torch.randn(8, 10, generator=gen) * scale).requires_grad_()
+    y = torch.arange(8) % 10
+    one_hot_teacher = torch.full((8, 10), -scale)
+    one_hot_teacher[torch.arange(8), y] = scale
+    wrong_teacher = torch.full((8, 10), -scale)
+    wrong_teacher[torch.arange(8), (y + 1) % 10] = scale
+    keep = topk_keep_mask(wrong_teacher, y, 3)
+    for t in (one_hot_teacher, wrong_teacher):
+        for value in (
+            L.kd(s, t, 4.0, standardized=standardized),
+            L.tckd(s, t, y, 4.0, standardized=standardized),
+            L.nckd(s, t, y, 4.0, standardized=standardized),
+            L.nckd(s, t, y, 4.0, keep=keep, standardized=standardized),
+            L.ce(s, y),
+        ):
+            assert torch.isfinite(value).all()
+            (g,) = torch.autograd.grad(value.sum(), s)
+            assert torch.isfinite(g).all()
+
+
+def test_half_precision_inputs_are_computed_in_float32():
+    s = torch.randn(4, 6, dtype=torch.bfloat16)
+    t = torch.randn(4, 6, dtype=torch.bfloat16)
+    y = torch.tensor([0, 1, 2, 3])
+    assert L.kd(s, t).dtype == torch.float32
+    assert L.tckd(s, t, y).dtype == torch.float32
+    torch.testing.assert_close(L.nckd(s, t, y), L.nckd(s.float(), t.float(), y))
+
+
+def test_dkd_function_weights_parts():
+    gen = torch.Generator().manual_seed(1)
+    s, t = torch.randn(5, 7, generator=gen), torch.randn(5, 7, generator=gen)
+    y = torch.tensor([0, 1, 2, 3, 4])
+    expected = 2.0 * L.tckd(s, t, y) + 3.0 * L.nckd(s, t, y)
+    torch.testing.assert_close(L.dkd(s, t, y, alpha=2.0, beta=3.0), expected)
+    torch.testing.assert_close(L.dkd(s, t, y, alpha=2.0, beta=3.0, reduction="mean"), expected.mean())
+
+
+def test_standardize_zero_mean_unit_std():
+    z = torch.randn(3, 10) * 7 + 2
+    out = L.standardize(z)
+    torch.testing.assert_close(out.mean(dim=1), torch.zeros(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.std(dim=1), torch.ones(3), atol=1e-5, rtol=0)
+
+
+@given(logits_batch(), temperatures, st.floats(0, 2), st.floats(0, 2), st.booleans())
+def test_kd_split_adds_up_to_kd_loss(batch, temperature, w_ce, w_kd, standardize):
+    """Invariant 2: task + tckd + nckd = w_ce·CE + w_kd·KD when no mask is active."""
+    s, t, y = batch
+    cfg = deepkd.KD(temperature=temperature, w_ce=w_ce, w_kd=w_kd, standardize=standardize)
+    parts = cfg.parts(s, t, y, epoch=1, keep=None)
+    total = w_ce * L.ce(s, y).mean() + w_kd * L.kd(s, t, temperature, standardized=standardize).mean()
+    torch.testing.assert_close(sum(parts.values()), total, atol=1e-4 * temperature**2, rtol=1e-4)
+
+
+def test_official_split_multiplies_batch_means():
+    gen = torch.Generator().manual_seed(3)
+    s, t = torch.randn(6, 5, generator=gen) * 3, torch.randn(6, 5, generator=gen) * 3
+    y = torch.tensor([0, 1, 2, 3, 4, 0])
+    official = deepkd.KD(split="official").parts(s, t, y)
+    rest = 1 - L.target_prob(t, y, 4.0)
+    torch.testing.assert_close(official["nckd"], 0.9 * rest.mean() * L.nckd(s, t, y).mean())
+    exact = deepkd.KD().parts(s, t, y)
+    assert not torch.allclose(official["nckd"], exact["nckd"])  # the official split does not add up to KD
+
+
+@given(st.integers(0, 60), st.integers(0, 30))
+def test_dkd_warmup(epoch, warmup):
+    cfg = deepkd.DKD(warmup=warmup)
+    expected = 1.0 if warmup == 0 else min(epoch / warmup, 1.0)
+    assert cfg.warm(epoch) == pytest.approx(expected)
+
+
+def test_dkd_parts_scale_with_alpha_beta_and_warmup():
+    gen = torch.Generator().manual_seed(4)
+    s, t = torch.randn(6, 5, generator=gen), torch.randn(6, 5, generator=gen)
+    y = torch.tensor([0, 1, 2, 3, 4, 0])
+    parts = deepkd.DKD(alpha=2.0, beta=8.0, warmup=20, w_ce=0.5).parts(s, t, y, epoch=5)
+    torch.testing.assert_close(parts["task"], 0.5 * L.ce(s, y).mean())
+    torch.testing.assert_close(parts["tckd"], 2.0 * 0.25 * L.tckd(s, t, y).mean())
+    torch.testing.assert_close(parts["nckd"], 8.0 * 0.25 * L.nckd(s, t, y).mean())
