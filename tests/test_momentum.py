@@ -1,0 +1,196 @@
+"""Momentum: equivalence with torch.optim.SGD, foreach ≡ per-tensor, first steps, official-code regression."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import deepkd
+from deepkd import momentum as MO
+
+
+def _model(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 4))
+
+
+def _data(steps: int, seed: int = 1):
+    gen = torch.Generator().manual_seed(seed)
+    teacher = torch.nn.Linear(6, 4)
+    with torch.no_grad():
+        teacher.weight.copy_(torch.randn(4, 6, generator=gen) * 2)
+    for _ in range(steps):
+        x = torch.randn(10, 6, generator=gen)
+        with torch.no_grad():
+            t = teacher(x)
+        yield x, t, torch.randint(0, 4, (10,), generator=gen)
+
+
+def _param_groups(model, lr, wd, split):
+    params = list(model.parameters())
+    if not split:
+        return [{"params": params}]
+    return [{"params": params[:2]}, {"params": params[2:], "lr": lr * 0.5, "weight_decay": wd * 2}]
+
+
+def _train_sgd(loss_cfg, steps, lr, mu, wd, nesterov, dampening, split):
+    model = _model()
+    opt = torch.optim.SGD(_param_groups(model, lr, wd, split), lr=lr, momentum=mu, weight_decay=wd,
+                          nesterov=nesterov, dampening=dampening)
+    for epoch, (x, t, y) in enumerate(_data(steps), start=1):
+        opt.zero_grad()
+        sum(loss_cfg.parts(model(x), t, y, epoch=epoch, keep=None).values()).backward()
+        opt.step()
+    return model
+
+
+def _train_deepkd(recipe, steps, lr, mu, wd, nesterov, dampening, split, foreach=False):
+    model = _model()
+    opt = recipe.optimizer(_param_groups(model, lr, wd, split), lr=lr, momentum=mu, weight_decay=wd,
+                           nesterov=nesterov, dampening=dampening, foreach=foreach)
+    for epoch, (x, t, y) in enumerate(_data(steps), start=1):
+        opt.distill_step(model(x), t, y, epoch=epoch)
+    return model, opt
+
+
+settings_space = dict(
+    steps=st.integers(1, 6),
+    lr=st.sampled_from([0.01, 0.1, 0.5]),
+    mu=st.sampled_from([0.0, 0.5, 0.9]),
+    wd=st.sampled_from([0.0, 5e-4, 0.05]),
+    nesterov=st.booleans(),
+    dampening=st.sampled_from([0.0, 0.3]),
+    split=st.booleans(),
+)
+
+
+def _valid(mu, nesterov, dampening):
+    return not nesterov or (mu > 0 and dampening == 0)
+
+
+@given(**settings_space, momentum=st.sampled_from(["sgd", "dot0", "fixed_equal"]), foreach=st.booleans())
+def test_merged_strategies_equal_torch_sgd_exactly(steps, lr, mu, wd, nesterov, dampening, split, momentum, foreach):
+    """Invariant 5: sgd ≡ torch.optim.SGD; dot(Δ=0) and fixed with equal deltas merge into one buffer and match it
+    bit for bit, weight decay and param groups included."""
+    if not _valid(mu, nesterov, dampening):
+        return
+    strategy = {"sgd": deepkd.SGD(), "dot0": deepkd.DOT(delta=0.0),
+                "fixed_equal": deepkd.Fixed(tog=0.0, tcg=0.0, ncg=0.0)}[momentum]
+    recipe = deepkd.compose(loss="kd", momentum=strategy, mask="none")
+    assert len(recipe.plan().groups) == 1
+    ref = _train_sgd(recipe.loss, steps, lr, mu, wd, nesterov, dampening, split)
+    ours, _ = _train_deepkd(recipe, steps, lr, mu, wd, nesterov, dampening, split, foreach)
+    for a, b in zip(ref.parameters(), ours.parameters()):
+        assert torch.equal(a, b)
+
+
+@given(**settings_space, momentum=st.sampled_from(["gsnr0", "fixed_shifted"]))
+def test_three_buffers_with_equal_coefficients_match_sgd(steps, lr, mu, wd, nesterov, dampening, split, momentum):
+    """Three separate buffers with one coefficient add up to SGD's single buffer (to rounding)."""
+    if not _valid(mu, nesterov, dampening):
+        return
+    strategy = deepkd.GSNR(delta=0.0, interval=3) if momentum == "gsnr0" else deepkd.Fixed(
+        tog=0.05, tcg=0.05, ncg=0.05, reference_quirks=False)
+    mu_ref = mu if momentum == "gsnr0" else mu + 0.05
+    if mu_ref >= 1:
+        return
+    recipe = deepkd.compose(loss="dkd", momentum=strategy, mask="none")
+    ref = _train_sgd(recipe.loss, steps, lr, mu_ref, wd, nesterov, dampening, split)
+    ours, _ = _train_deepkd(recipe, steps, lr, mu, wd, nesterov, dampening, split)
+    for a, b in zip(ref.parameters(), ours.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+@given(**settings_space, momentum=st.sampled_from(["dot", "fixed", "gsnr", "quirks"]))
+def test_foreach_matches_per_tensor(steps, lr, mu, wd, nesterov, dampening, split, momentum):
+    if not _valid(mu, nesterov, dampening) or mu < 0.1 or mu > 0.9:
+        return
+    strategy = {"dot": deepkd.DOT(), "fixed": deepkd.Fixed(), "gsnr": deepkd.GSNR(interval=2),
+                "quirks": deepkd.Fixed(reference_quirks=True)}[momentum]
+    recipe = deepkd.compose(loss="kd", momentum=strategy, mask="none")
+    a, _ = _train_deepkd(recipe, steps, lr, mu, wd, nesterov, dampening, split, foreach=False)
+    b, _ = _train_deepkd(recipe, steps, lr, mu, wd, nesterov, dampening, split, foreach=True)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("momentum", ["sgd", "dot", "fixed", "gsnr"])
+def test_first_step_buffers_equal_gradients(momentum):
+    recipe = deepkd.compose(loss="dkd", momentum=momentum, mask="none")
+    model = _model()
+    opt = recipe.optimizer(model.parameters(), lr=0.1, weight_decay=0.0)
+    x, t, y = next(_data(1))
+    probe = copy.deepcopy(model)
+    parts = recipe.loss.parts(probe(x), t, y, epoch=1, keep=None)
+    expected = deepkd.decompose.decompose(parts, recipe.plan().groups, list(probe.parameters()))
+    opt.distill_step(model(x), t, y, epoch=1)
+    for group_buffers, group_grads in zip(opt.momentum_states[0].buffers, expected):
+        for buf, g in zip(group_buffers, group_grads):
+            torch.testing.assert_close(buf, g)
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_official_code_regression_values(foreach):
+    """§3 of the spec: p₀ = 0, lr = 0.1, wd = 0, m = (TOG .5, TCG .25, NCG .75)."""
+    for quirks, v_tog in ((True, 27.75), (False, 32.5)):
+        p = [torch.zeros(())]
+        state = MO.init(p, 3)
+        for task, tcg, ncg in ((19.0, 11.0, 3.0), (23.0, 13.0, 5.0)):
+            grads = [[torch.tensor(task)], [torch.tensor(tcg)], [torch.tensor(ncg)]]
+            fn = MO.update_reference_quirks if quirks else MO.update
+            state = fn(state, p, grads, (0.5, 0.25, 0.75), lr=0.1, foreach=foreach)
+        assert [b[0].item() for b in state.buffers] == [v_tog, 15.75, 7.25]
+
+
+def test_official_code_weight_decay_is_applied_after_task_and_nckd_updates():
+    p = [torch.tensor(1.0)]
+    state = MO.init(p, 3)
+    grads = [[torch.tensor(2.0)], [torch.tensor(3.0)], [torch.tensor(5.0)]]
+    MO.update_reference_quirks(state, p, grads, (0.9, 0.9, 0.9), lr=0.1, weight_decay=0.5)
+    p_mid = 1.0 - 0.1 * 2.0 - 0.1 * 5.0  # after the task and NCKD updates
+    assert state.buffers[1][0].item() == pytest.approx(3.0 + 0.5 * p_mid)
+    assert state.buffers[0][0].item() == pytest.approx(2.0)  # no weight decay on the task gradient
+    assert p[0].item() == pytest.approx(p_mid - 0.1 * (3.0 + 0.5 * p_mid))
+
+
+def test_dot_coefficients_and_weight_decay_group():
+    plan = deepkd.DOT(delta=0.075).plan(("task", "tckd", "nckd"))
+    assert plan.groups == (("task",), ("tckd", "nckd"))
+    assert plan.offsets == (-0.075, 0.075) and plan.decay_group == 0
+
+
+@pytest.mark.parametrize(
+    ("strategy", "products"),
+    [
+        (deepkd.SGD(), 1),
+        (deepkd.DOT(), 2),
+        (deepkd.DOT(delta=0.0), 1),
+        (deepkd.Fixed(), 2),  # δ_TOG = δ_NCG = +0.075 share a buffer
+        (deepkd.Fixed(tog=0.075, tcg=0.075, ncg=-0.05), 2),
+        (deepkd.Fixed(tog=0.1, tcg=0.0, ncg=-0.1), 3),
+        (deepkd.Fixed(tog=0.0, tcg=0.0, ncg=0.0), 1),
+        (deepkd.Fixed(reference_quirks=True), 3),  # weight-decay placement forbids merging
+        (deepkd.GSNR(), 3),
+    ],
+)
+def test_products_per_step(strategy, products):
+    assert len(strategy.plan(("task", "tckd", "nckd")).groups) == products
+
+
+def test_gsnr_coefficients_follow_measured_gsnr():
+    recipe = deepkd.compose(loss="kd", momentum=deepkd.GSNR(interval=5, estimator="exact"), mask="none")
+    model, opt = _train_deepkd(recipe, 4, 0.05, 0.9, 0.0, False, 0.0, False)
+    assert opt.coefficients() == (0.9, 0.9, 0.9)  # before the first estimate all use μ
+    for epoch, (x, t, y) in enumerate(_data(6, seed=7), start=1):
+        out = opt.distill_step(model(x), t, y, epoch=epoch)
+    r = opt.last_gsnr
+    assert r is not None and torch.isfinite(r).all()
+    coeffs = opt.coefficients()
+    order = torch.argsort(r)
+    assert coeffs[int(order[-1])] == pytest.approx(0.975) and coeffs[int(order[0])] == pytest.approx(0.825)
+    assert set(out.gsnr) == {"task", "tckd", "nckd"}
+    assert all(0 <= c < 1 for c in coeffs)
