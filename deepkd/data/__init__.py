@@ -1,0 +1,61 @@
+"""Data sets for distillation experiments, all loaded from local files or built in memory (nothing downloads).
+
+* :func:`fashion_mnist`, :func:`fashion_mnist_pairs` (100 classes), :func:`digits`, :func:`synthetic`: in-memory
+  tensor sets, no augmentation;
+* :func:`cifar100`, :func:`imagenet`: torchvision sets with the standard augmentation, for users who have them;
+* :func:`get_dataset` picks one by name; :func:`make_loaders` wraps a pair of sets in seeded DataLoaders;
+* :class:`IndexedDataset` and :func:`augments_randomly` serve the teacher-logit cache.
+"""
+
+from deepkd.data.base import IndexedDataset, LabeledTensorDataset, augments_randomly, make_loaders
+from deepkd.data.catalog import DATASETS, DatasetInfo, get_dataset
+from deepkd.data.fashion import (
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_MEAN,
+    FASHION_MNIST_STD,
+    PairDataset,
+    fashion_mnist,
+    fashion_mnist_pairs,
+    find_fashion_mnist,
+)
+from deepkd.data.idx import read_idx, write_idx
+from deepkd.data.small import digits, synthetic
+from deepkd.data.vision import (
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    cifar100,
+    cifar100_transforms,
+    imagenet,
+    imagenet_transforms,
+)
+
+__all__ = [
+    "CIFAR100_MEAN",
+    "CIFAR100_STD",
+    "DATASETS",
+    "FASHION_MNIST_CLASSES",
+    "FASHION_MNIST_MEAN",
+    "FASHION_MNIST_STD",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "DatasetInfo",
+    "IndexedDataset",
+    "LabeledTensorDataset",
+    "PairDataset",
+    "augments_randomly",
+    "cifar100",
+    "cifar100_transforms",
+    "digits",
+    "fashion_mnist",
+    "fashion_mnist_pairs",
+    "find_fashion_mnist",
+    "get_dataset",
+    "imagenet",
+    "imagenet_transforms",
+    "make_loaders",
+    "read_idx",
+    "synthetic",
+    "write_idx",
+]
