@@ -1,0 +1,105 @@
+"""Recipes of the published methods (sources in each entry) and the per-pair DeepKD settings.
+
+Sources:
+- KD: Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network", 2015; CIFAR settings from mdistiller
+  (T = 4, w_ce = 0.1, w_kd = 0.9), ImageNet T = 1, 0.5 / 0.5.
+- DKD: Zhao et al., "Decoupled Knowledge Distillation", CVPR 2022 (α = 1, β = 8, T = 4, 20 warm-up epochs on
+  CIFAR-100; ImageNet β = 0.5, T = 1).
+- DOT: Zhao et al., "DOT: A Distillation-Oriented Trainer", ICCV 2023 (KD base, Δ = 0.075 CIFAR, 0.09 ImageNet).
+- DeepKD: Huang et al., "DeepKD: A Deeply Decoupled and Denoised Knowledge Distillation Trainer",
+  arXiv 2505.15133, and its official code (github.com/haiduo/DeepKD, commit afb5964): per-pair momentum deltas.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import deepkd
+
+__all__ = ["CIFAR100_DEEPKD_DKD", "CIFAR100_DEEPKD_KD", "METHODS", "cifar100", "imagenet"]
+
+Method = Literal["ce", "kd", "dkd", "dot", "deepkd", "deepkd_gsnr", "deepkd_official"]
+METHODS: tuple[str, ...] = ("ce", "kd", "dkd", "dot", "deepkd", "deepkd_gsnr", "deepkd_official")
+
+# DeepKD on the KD base, CIFAR-100: (teacher, student) -> (δ_TCG, δ_NCG, w_ce); δ_TOG = +0.075 everywhere.
+CIFAR100_DEEPKD_KD: dict[tuple[str, str], tuple[float, float, float]] = {
+    ("resnet32x4", "resnet8x4"): (-0.075, 0.075, 0.5),
+    ("resnet56", "resnet20"): (-0.075, 0.025, 0.1),
+    ("resnet110", "resnet32"): (-0.1, 0.05, 0.1),
+    ("resnet110", "resnet20"): (-0.1, -0.05, 0.1),
+    ("wrn_40_2", "wrn_16_2"): (-0.075, 0.085, 0.6),
+    ("wrn_40_2", "wrn_40_1"): (-0.1, 0.05, 0.1),
+    ("vgg13", "vgg8"): (-0.075, 0.05, 0.1),
+    ("resnet32x4", "shufflenetv1"): (-0.075, 0.075, 0.1),
+    ("resnet32x4", "shufflenetv2"): (-0.075, 0.075, 0.1),
+    ("wrn_40_2", "shufflenetv1"): (-0.075, 0.085, 0.1),
+    ("vgg13", "mobilenetv2"): (-0.075, 0.095, 0.8),
+    ("resnet50", "mobilenetv2"): (-0.1, 0.025, 0.1),
+}
+
+# DeepKD on the DKD base, CIFAR-100: (teacher, student) -> (β, δ_TCG, δ_NCG).
+CIFAR100_DEEPKD_DKD: dict[tuple[str, str], tuple[float, float, float]] = {
+    ("resnet32x4", "resnet8x4"): (8.0, -0.075, 0.05),
+    ("resnet56", "resnet20"): (0.5, -0.075, 0.075),
+    ("vgg13", "vgg8"): (6.0, -0.075, 0.025),
+    ("wrn_40_2", "wrn_40_1"): (4.0, -0.1, 0.05),
+}
+
+# Students that the published recipes train with lr 0.01 instead of 0.05.
+LOW_LR_STUDENTS = ("shufflenetv1", "shufflenetv2", "mobilenetv2")
+
+
+def cifar100(method: str, teacher: str = "resnet32x4", student: str = "resnet8x4") -> deepkd.Recipe:
+    """The CIFAR-100 recipe of ``method`` for a teacher/student pair (per-pair deltas where published).
+
+    ``deepkd`` is the paper's fixed-delta trainer on the KD base, ``deepkd_gsnr`` deepkd's own GSNR momentum with
+    the dynamic mask on the DKD base, ``deepkd_official`` the official code's behaviour.
+    """
+    pair = (teacher, student)
+    kd = deepkd.KD(temperature=4.0, w_ce=0.1, w_kd=0.9)
+    if method == "ce":
+        return deepkd.compose(loss=deepkd.CE(), momentum="sgd", mask="none", name="ce")
+    if method == "kd":
+        return deepkd.compose(loss=kd, momentum="sgd", mask="none", name="kd")
+    if method == "dkd":
+        beta = CIFAR100_DEEPKD_DKD.get(pair, (8.0, 0.0, 0.0))[0]
+        loss = deepkd.DKD(alpha=1.0, beta=beta, temperature=4.0, warmup=20, w_ce=1.0)
+        return deepkd.compose(loss=loss, momentum="sgd", mask="none", name="dkd")
+    if method == "dot":
+        return deepkd.compose(loss=kd, momentum=deepkd.DOT(delta=0.075), mask="none", name="dot")
+    tcg, ncg, w_ce = CIFAR100_DEEPKD_KD.get(pair, (-0.075, 0.075, 0.1))
+    deep_kd = deepkd.KD(temperature=4.0, w_ce=w_ce, w_kd=0.9)
+    if method == "deepkd":
+        return deepkd.compose(loss=deep_kd, momentum=deepkd.Fixed(tog=0.075, tcg=tcg, ncg=ncg), mask="none",
+                              name="deepkd")
+    if method == "deepkd_gsnr":
+        return deepkd.compose(loss=deepkd.DKD(), momentum=deepkd.GSNR(), mask=deepkd.DynamicMask(),
+                              name="deepkd_gsnr")
+    if method == "deepkd_official":
+        return deepkd.compose(
+            loss=deepkd.KD(temperature=4.0, w_ce=w_ce, w_kd=0.9, split="official"),
+            momentum=deepkd.Fixed(tog=0.075, tcg=tcg, ncg=ncg, reference_quirks=True),
+            mask="none",
+            name="deepkd_official",
+        )
+    raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+
+
+def imagenet(method: str) -> deepkd.Recipe:
+    """The ImageNet ResNet34 → ResNet18 recipe of ``method`` (KD: T = 1, 0.5 / 0.5; DOT Δ = 0.09)."""
+    kd = deepkd.KD(temperature=1.0, w_ce=0.5, w_kd=0.5)
+    if method == "kd":
+        return deepkd.compose(loss=kd, momentum="sgd", mask="none", name="kd")
+    if method == "dkd":
+        loss = deepkd.DKD(alpha=0.5, beta=0.5, temperature=1.0, warmup=1, w_ce=1.0)
+        return deepkd.compose(loss=loss, momentum="sgd", mask="none", name="dkd")
+    if method == "dot":
+        return deepkd.compose(loss=kd, momentum=deepkd.DOT(delta=0.09), mask="none", name="dot")
+    if method == "deepkd":
+        return deepkd.compose(loss=kd, momentum=deepkd.Fixed(tog=0.075, tcg=-0.075, ncg=0.075), mask="none",
+                              name="deepkd")
+    if method == "deepkd_gsnr":
+        return deepkd.compose(loss=deepkd.DKD(alpha=0.5, beta=0.5, temperature=1.0, warmup=1),
+                              momentum=deepkd.GSNR(delta=0.09), mask=deepkd.DynamicMask(thresholds=(0.4, 0.7)),
+                              name="deepkd_gsnr")
+    raise ValueError(f"unknown ImageNet method {method!r}; known: kd, dkd, dot, deepkd, deepkd_gsnr")
