@@ -1,0 +1,1 @@
+"""deepkd's benchmarks: speed (``benchmarks.speed``) and accuracy (``benchmarks.accuracy``), run by ``nox -s bench``."""
