@@ -70,11 +70,11 @@ def cifar100(method: str, teacher: str = "resnet32x4", student: str = "resnet8x4
     tcg, ncg, w_ce = CIFAR100_DEEPKD_KD.get(pair, (-0.075, 0.075, 0.1))
     deep_kd = deepkd.KD(temperature=4.0, w_ce=w_ce, w_kd=0.9)
     if method == "deepkd":
-        return deepkd.compose(loss=deep_kd, momentum=deepkd.Fixed(tog=0.075, tcg=tcg, ncg=ncg), mask="none",
-                              name="deepkd")
+        return deepkd.compose(
+            loss=deep_kd, momentum=deepkd.Fixed(tog=0.075, tcg=tcg, ncg=ncg), mask="none", name="deepkd"
+        )
     if method == "deepkd_gsnr":
-        return deepkd.compose(loss=deepkd.DKD(), momentum=deepkd.GSNR(), mask=deepkd.DynamicMask(),
-                              name="deepkd_gsnr")
+        return deepkd.compose(loss=deepkd.DKD(), momentum=deepkd.GSNR(), mask=deepkd.DynamicMask(), name="deepkd_gsnr")
     if method == "deepkd_official":
         return deepkd.compose(
             loss=deepkd.KD(temperature=4.0, w_ce=w_ce, w_kd=0.9, split="official"),
@@ -96,10 +96,14 @@ def imagenet(method: str) -> deepkd.Recipe:
     if method == "dot":
         return deepkd.compose(loss=kd, momentum=deepkd.DOT(delta=0.09), mask="none", name="dot")
     if method == "deepkd":
-        return deepkd.compose(loss=kd, momentum=deepkd.Fixed(tog=0.075, tcg=-0.075, ncg=0.075), mask="none",
-                              name="deepkd")
+        return deepkd.compose(
+            loss=kd, momentum=deepkd.Fixed(tog=0.075, tcg=-0.075, ncg=0.075), mask="none", name="deepkd"
+        )
     if method == "deepkd_gsnr":
-        return deepkd.compose(loss=deepkd.DKD(alpha=0.5, beta=0.5, temperature=1.0, warmup=1),
-                              momentum=deepkd.GSNR(delta=0.09), mask=deepkd.DynamicMask(thresholds=(0.4, 0.7)),
-                              name="deepkd_gsnr")
+        return deepkd.compose(
+            loss=deepkd.DKD(alpha=0.5, beta=0.5, temperature=1.0, warmup=1),
+            momentum=deepkd.GSNR(delta=0.09),
+            mask=deepkd.DynamicMask(thresholds=(0.4, 0.7)),
+            name="deepkd_gsnr",
+        )
     raise ValueError(f"unknown ImageNet method {method!r}; known: kd, dkd, dot, deepkd, deepkd_gsnr")

@@ -59,8 +59,9 @@ RECIPES: dict[str, deepkd.Recipe] = {
     # three distinct deltas: three products, no GSNR: the baseline against which GSNR's cost is measured
     "deepkd_fixed3": deepkd.compose(loss="kd", momentum=deepkd.Fixed(tog=0.075, tcg=-0.075, ncg=0.05), mask="none"),
     "deepkd_gsnr": deepkd.compose(loss="dkd", momentum="gsnr", mask="dynamic"),
-    "deepkd_official": deepkd.compose(loss=deepkd.KD(split="official"), momentum=deepkd.Fixed(reference_quirks=True),
-                                      mask="none"),
+    "deepkd_official": deepkd.compose(
+        loss=deepkd.KD(split="official"), momentum=deepkd.Fixed(reference_quirks=True), mask="none"
+    ),
 }
 
 
@@ -87,8 +88,9 @@ class Bench:
         return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def _official_pattern(student: nn.Module, lr: float, mu: float, wd: float) -> Callable[[torch.Tensor, torch.Tensor,
-                                                                                        torch.Tensor], None]:
+def _official_pattern(
+    student: nn.Module, lr: float, mu: float, wd: float
+) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]:
     """The official DeepKD code's step: three backward(retain_graph=True) calls, gradients copied out of .grad,
     then a per-parameter momentum loop (task, NCKD, TCKD buffers)."""
     params = [p for p in student.parameters() if p.requires_grad]
@@ -172,13 +174,15 @@ def bench_setup(name: str, profile: dict[str, Any], seed: int = 0) -> dict[str, 
         opts[rname] = recipe.optimizer(student.parameters(), lr=1e-4, weight_decay=5e-4)
         bench.add(rname, recipe_step(opts[rname]))
     gsnr_recipe = RECIPES["deepkd_gsnr"]
-    bench.add("deepkd_gsnr[batched]", recipe_step(gsnr_recipe.optimizer(student.parameters(), lr=1e-4,
-                                                                         decomposition="batched")))
-    bench.add("deepkd_gsnr[foreach]", recipe_step(gsnr_recipe.optimizer(student.parameters(), lr=1e-4,
-                                                                         foreach=True)))
+    bench.add(
+        "deepkd_gsnr[batched]",
+        recipe_step(gsnr_recipe.optimizer(student.parameters(), lr=1e-4, decomposition="batched")),
+    )
+    bench.add("deepkd_gsnr[foreach]", recipe_step(gsnr_recipe.optimizer(student.parameters(), lr=1e-4, foreach=True)))
     bench.add("kd[cached teacher]", recipe_step(RECIPES["kd"].optimizer(student.parameters(), lr=1e-4), cached=True))
-    bench.add("deepkd_gsnr[cached teacher]", recipe_step(gsnr_recipe.optimizer(student.parameters(), lr=1e-4),
-                                                          cached=True))
+    bench.add(
+        "deepkd_gsnr[cached teacher]", recipe_step(gsnr_recipe.optimizer(student.parameters(), lr=1e-4), cached=True)
+    )
     bench.add("kd[bf16]", recipe_step(RECIPES["kd"].optimizer(student.parameters(), lr=1e-4), amp=True))
     bench.add("deepkd_gsnr[bf16]", recipe_step(gsnr_recipe.optimizer(student.parameters(), lr=1e-4), amp=True))
 
@@ -209,8 +213,9 @@ def bench_setup(name: str, profile: dict[str, Any], seed: int = 0) -> dict[str, 
 
     def update(fe: bool) -> Callable[[], None]:
         def run() -> None:
-            states[fe] = MO.update(states[fe], shadow, fake, (0.975, 0.825, 0.975), lr=1e-6, weight_decay=5e-4,
-                                   foreach=fe)
+            states[fe] = MO.update(
+                states[fe], shadow, fake, (0.975, 0.825, 0.975), lr=1e-6, weight_decay=5e-4, foreach=fe
+            )
 
         return run
 
@@ -267,8 +272,10 @@ def _rss_probe(setup: str, recipe: str, profile: str) -> None:
 def markdown(results: list[dict[str, Any]]) -> str:
     lines = []
     for res in results:
-        lines.append(f"### {res['setup']}: {res['student']} ← {res['teacher']}, batch {res['batch']}, "
-                     f"input {'×'.join(map(str, res['input']))}")
+        lines.append(
+            f"### {res['setup']}: {res['student']} ← {res['teacher']}, batch {res['batch']}, "
+            f"input {'×'.join(map(str, res['input']))}"
+        )
         lines.append("")
         lines.append("| variant | products | ms / step | × KD step |")
         lines.append("| --- | ---: | ---: | ---: |")
@@ -281,17 +288,25 @@ def markdown(results: list[dict[str, Any]]) -> str:
         t = res["seconds_per_step"]
         lines.append("")
         lines.append(f"- DeepKD (GSNR) step / its floor: **{t['deepkd_gsnr'] / t['floor[3 products]']:.3f}**")
-        lines.append(f"- DeepKD (GSNR) step / official pattern: **{t['deepkd_gsnr'] / t['official pattern']:.3f}**; "
-                     f"official-code recipe / official pattern: "
-                     f"{t['deepkd_official'] / t['official pattern']:.3f}")
-        lines.append(f"- GSNR cost: gsnr step / fixed 3-product step = {t['deepkd_gsnr'] / t['deepkd_fixed3']:.3f}; "
-                     f"GSNR state = {100 * res['gsnr_state_bytes'] / res['param_bytes']:.2f}% of parameter memory")
-        lines.append(f"- batched / sequential: {t['deepkd_gsnr[batched]'] / t['deepkd_gsnr']:.3f}; "
-                     f"foreach / per-tensor (step): {t['deepkd_gsnr[foreach]'] / t['deepkd_gsnr']:.3f}; "
-                     f"(update only): {t['update only[foreach]'] / t['update only[per-tensor]']:.3f}")
-        lines.append(f"- cached teacher / teacher forward: KD {t['kd[cached teacher]'] / t['kd']:.3f}, "
-                     f"DeepKD {t['deepkd_gsnr[cached teacher]'] / t['deepkd_gsnr']:.3f}; "
-                     f"bf16 / fp32: KD {t['kd[bf16]'] / t['kd']:.3f}, DeepKD {t['deepkd_gsnr[bf16]'] / t['deepkd_gsnr']:.3f}")
+        lines.append(
+            f"- DeepKD (GSNR) step / official pattern: **{t['deepkd_gsnr'] / t['official pattern']:.3f}**; "
+            f"official-code recipe / official pattern: "
+            f"{t['deepkd_official'] / t['official pattern']:.3f}"
+        )
+        lines.append(
+            f"- GSNR cost: gsnr step / fixed 3-product step = {t['deepkd_gsnr'] / t['deepkd_fixed3']:.3f}; "
+            f"GSNR state = {100 * res['gsnr_state_bytes'] / res['param_bytes']:.2f}% of parameter memory"
+        )
+        lines.append(
+            f"- batched / sequential: {t['deepkd_gsnr[batched]'] / t['deepkd_gsnr']:.3f}; "
+            f"foreach / per-tensor (step): {t['deepkd_gsnr[foreach]'] / t['deepkd_gsnr']:.3f}; "
+            f"(update only): {t['update only[foreach]'] / t['update only[per-tensor]']:.3f}"
+        )
+        lines.append(
+            f"- cached teacher / teacher forward: KD {t['kd[cached teacher]'] / t['kd']:.3f}, "
+            f"DeepKD {t['deepkd_gsnr[cached teacher]'] / t['deepkd_gsnr']:.3f}; "
+            f"bf16 / fp32: KD {t['kd[bf16]'] / t['kd']:.3f}, DeepKD {t['deepkd_gsnr[bf16]'] / t['deepkd_gsnr']:.3f}"
+        )
         if "peak_rss_mib" in res:
             rss = ", ".join(f"{k} {v:.0f}" for k, v in res["peak_rss_mib"].items())
             lines.append(f"- peak RSS (MiB, fresh process, 3 steps): {rss}")

@@ -48,7 +48,7 @@ def _registered(registry: Registry[type]) -> Any:
 
 def _describe(strategy: object) -> str:
     name = getattr(type(strategy), "strategy_name", type(strategy).__name__)
-    fields = [f for f in attrs.fields(type(strategy)) if f.init]
+    fields = [f for f in attrs.fields(type(strategy)) if f.init]  # type: ignore[arg-type]
     args = ", ".join(f"{f.name}={getattr(strategy, f.name)!r}" for f in fields)
     return f"{name}({args})"
 
@@ -86,7 +86,7 @@ class Recipe:
 
     def replace(self, **changes: Any) -> Recipe:
         """A copy with some fields changed (names, dicts or configs, as in :func:`compose`)."""
-        current = {"loss": self.loss, "momentum": self.momentum, "mask": self.mask, "name": self.name}
+        current: dict[str, Any] = {"loss": self.loss, "momentum": self.momentum, "mask": self.mask, "name": self.name}
         current.update(changes)
         return compose(**current)
 
@@ -135,9 +135,7 @@ class _Partial:
     mask: MaskStrategy | None = None
 
 
-def compose(
-    loss: Any = None, momentum: Any = None, mask: Any = None, *, name: str | None = None
-) -> Recipe:
+def compose(loss: Any = None, momentum: Any = None, mask: Any = None, *, name: str | None = None) -> Recipe:
     """Build a :class:`Recipe` from strategy names (``"gsnr"``), configs (``deepkd.GSNR(delta=0.1)``) or dicts
     (``{"name": "gsnr", "delta": 0.1}``); anything left out takes DeepKD's default (``dkd``, ``gsnr``, ``dynamic``).
 

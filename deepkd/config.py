@@ -78,7 +78,7 @@ converter.register_structure_hook(str, _strict_str)
 
 def _messages(exc: BaseException, path: str) -> list[str]:
     if isinstance(exc, ConfigError):
-        return list(exc.lines)
+        return [line if " @ $" in line else f"{line} @ {path}" for line in exc.lines]
     if isinstance(exc, UnknownStrategyError):
         return [f"{exc} @ {path}"]
     if isinstance(exc, (cattrs.BaseValidationError)):
@@ -105,7 +105,10 @@ def _structure_at(value: Any, tp: Any, path: str) -> Any:
     try:
         return converter.structure(value, tp)
     except Exception as exc:  # cattrs and the strict hooks raise many kinds; all become path lines
-        raise ConfigError(_messages(exc, path)) from None
+        lines = [
+            line if "got" in line else line.replace(" @ ", f" (got {value!r}) @ ", 1) for line in _messages(exc, path)
+        ]
+        raise ConfigError(lines) from None
 
 
 def _structure_strategy(value: Any, registry: Registry[type], path: str) -> Any:
@@ -133,13 +136,13 @@ def _structure_attrs(data: Any, cls: type[T], path: str) -> T:
         return data
     if not isinstance(data, Mapping):
         raise ConfigError(f"expected a table of {cls.__name__} settings, got {data!r} @ {path}")
-    attrs.resolve_types(cls)
-    fields = {f.name: f for f in attrs.fields(cls) if f.init}
+    attrs.resolve_types(cls)  # type: ignore[type-var]
+    fields = {f.name: f for f in attrs.fields(cls) if f.init}  # type: ignore[arg-type]
     errors: list[str] = []
     for key in data:
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint = f"; did you mean {close[0]!r}?" if close else "."
             valid = ", ".join(fields) or "(none)"
             errors.append(f"unknown key {key!r} for {cls.__name__}{hint} Valid keys: {valid} @ {path}.{key}")
     values: dict[str, Any] = {}
@@ -230,9 +233,11 @@ def load(path: str | Path, cls: type[T]) -> T:
     """Read a ``.toml`` or ``.json`` config file."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {exc}") from None
     try:
         return loads(text, cls, _fmt(path))
     except ConfigError as exc:

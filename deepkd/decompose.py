@@ -76,7 +76,9 @@ def decompose(
         g = torch.autograd.grad(
             stacked, params, grad_outputs=eye, retain_graph=retain_graph, allow_unused=True, is_grads_batched=True
         )
-        per_param = [torch.zeros((len(losses), *p.shape), dtype=p.dtype, device=p.device) if gi is None else gi
-                     for gi, p in zip(g, params)]
+        per_param = [
+            torch.zeros((len(losses), *p.shape), dtype=p.dtype, device=p.device) if gi is None else gi
+            for gi, p in zip(g, params)
+        ]
         return [[gp[i] for gp in per_param] for i in range(len(losses))]
     raise ValueError(f"mode must be 'sequential' or 'batched', got {mode!r}")

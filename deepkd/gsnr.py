@@ -52,7 +52,7 @@ class GSNRState(NamedTuple):
     step: Tensor  # int64 scalar: gradients folded in so far
     m1: Tensor  # float32 [components, n]: EMA of g
     m2: Tensor  # float32 [components, n]: EMA of g²
-    index: tuple[Tensor, ...]  # int32 per parameter: sampled flat coordinates (all of them in exact mode)
+    coords: tuple[Tensor, ...]  # int32 per parameter: sampled flat coordinates (all of them in exact mode)
     weight: Tensor  # float32 [n]: n_p / k_p for each sampled coordinate
 
 
@@ -83,18 +83,18 @@ def init(
         step=torch.zeros((), dtype=torch.int64, device=device),
         m1=torch.zeros(components, total, device=device),
         m2=torch.zeros(components, total, device=device),
-        index=tuple(index),
+        coords=tuple(index),
         weight=(torch.cat(weight) if weight else torch.zeros(0)).to(device=device, dtype=torch.float32),
     )
 
 
 def sample(state: GSNRState, grads: Sequence[Tensor]) -> Tensor:
     """The sampled coordinates of one component's per-parameter gradients, as one float32 vector."""
-    if len(grads) != len(state.index):
-        raise ValueError(f"expected gradients for {len(state.index)} parameters, got {len(grads)}")
+    if len(grads) != len(state.coords):
+        raise ValueError(f"expected gradients for {len(state.coords)} parameters, got {len(grads)}")
     parts = [
         g.detach().reshape(-1).float() if idx.numel() == g.numel() else g.detach().reshape(-1)[idx].float()
-        for g, idx in zip(grads, state.index)
+        for g, idx in zip(grads, state.coords)
     ]
     return torch.cat(parts) if parts else torch.zeros(0, device=state.m1.device)
 

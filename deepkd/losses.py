@@ -60,7 +60,9 @@ def validate_logits(student: Tensor, teacher: Tensor | None, target: Tensor | No
             lo, hi = int(target.min()), int(target.max())
             if lo < 0 or hi >= classes:
                 bad = lo if lo < 0 else hi
-                raise InputError(f"label {bad} is out of range: labels must lie in [0, {classes}) for {classes} classes")
+                raise InputError(
+                    f"label {bad} is out of range: labels must lie in [0, {classes}) for {classes} classes"
+                )
 
 
 def standardize(logits: Tensor, eps: float = 1e-7) -> Tensor:
@@ -166,7 +168,9 @@ def nckd(
     valid = ~_target_mask(zs, target)
     if keep is not None:
         if keep.shape != zs.shape or keep.dtype != torch.bool:
-            raise InputError(f"keep mask must be a bool tensor of shape {tuple(zs.shape)}, got {keep.dtype} {tuple(keep.shape)}")
+            raise InputError(
+                f"keep mask must be a bool tensor of shape {tuple(zs.shape)}, got {keep.dtype} {tuple(keep.shape)}"
+            )
         valid = valid & keep
     lowest = torch.finfo(zs.dtype).min
     log_ps = F.log_softmax(zs.masked_fill(~valid, lowest), dim=1)

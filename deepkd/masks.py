@@ -34,6 +34,7 @@ from attrs import validators as v
 from torch import Tensor
 
 from deepkd.registry import register_mask
+from deepkd.validators import integer, real
 
 __all__ = [
     "DynamicMask",
@@ -128,7 +129,7 @@ def dynamic_k(
     if phase == HARD:
         return num_classes - 1, phase
     frac = (accuracy - a1) / (a2 - a1)
-    return int(round(k_easy + frac * (k_end - k_easy))), phase
+    return round(k_easy + frac * (k_end - k_easy)), phase
 
 
 def accumulate(state: MaskState, logits: Tensor, target: Tensor) -> MaskState:
@@ -195,8 +196,8 @@ class NoMask:
 class StaticMask:
     """A fixed top-K mask: ``k`` classes, or by default round(``fraction`` · C), clipped to [1, C − 1]."""
 
-    k: int | None = attrs.field(default=None, validator=v.optional([v.instance_of(int), v.ge(1)]))
-    fraction: float = attrs.field(default=0.25, validator=[v.instance_of((int, float)), v.gt(0.0), v.le(1.0)])
+    k: int | None = attrs.field(default=None, validator=v.optional(integer(ge=1)))
+    fraction: float = attrs.field(default=0.25, validator=real(gt=0.0, le=1.0))
     window: int | None = attrs.field(default=None, init=False)
 
     def init(self, num_classes: int) -> MaskState:
@@ -207,7 +208,8 @@ class StaticMask:
 
 
 def _thresholds(instance: object, attribute: attrs.Attribute, value: tuple[float, float]) -> None:  # type: ignore[type-arg]
-    ok = isinstance(value, tuple) and len(value) == 2 and all(isinstance(a, (int, float)) for a in value)
+    ok = isinstance(value, tuple) and len(value) == 2
+    ok = ok and all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in value)
     if not ok or not 0.0 <= value[0] < value[1] <= 1.0:
         raise ValueError(f"thresholds must be two accuracies 0 <= a1 < a2 <= 1, got {value!r}")
 
@@ -225,9 +227,9 @@ class DynamicMask:
     """
 
     thresholds: tuple[float, float] = attrs.field(default=(0.30, 0.60), converter=tuple, validator=_thresholds)
-    easy: float = attrs.field(default=0.1, validator=[v.instance_of((int, float)), v.gt(0.0), v.le(1.0)])
-    transition_end: float = attrs.field(default=0.3, validator=[v.instance_of((int, float)), v.gt(0.0), v.le(1.0)])
-    window: int | None = attrs.field(default=None, validator=v.optional([v.instance_of(int), v.ge(1)]))
+    easy: float = attrs.field(default=0.1, validator=real(gt=0.0, le=1.0))
+    transition_end: float = attrs.field(default=0.3, validator=real(gt=0.0, le=1.0))
+    window: int | None = attrs.field(default=None, validator=v.optional(integer(ge=1)))
 
     def __attrs_post_init__(self) -> None:
         if self.transition_end < self.easy:
@@ -238,6 +240,4 @@ class DynamicMask:
 
     def advance(self, state: MaskState, accuracy: float, num_classes: int) -> MaskState:
         k, phase = dynamic_k(accuracy, num_classes, self.thresholds, self.easy, self.transition_end)
-        return state._replace(
-            k=torch.clamp(state.k, min=k), phase=torch.clamp(state.phase, min=phase)
-        )
+        return state._replace(k=torch.clamp(state.k, min=k), phase=torch.clamp(state.phase, min=phase))

@@ -39,6 +39,7 @@ from torch import Tensor
 from deepkd.errors import ConfigError
 from deepkd.gsnr import allocate
 from deepkd.registry import register_momentum
+from deepkd.validators import integer, real
 
 __all__ = [
     "DOT",
@@ -70,7 +71,9 @@ def init(params: Sequence[Tensor], groups: int) -> MomentumState:
     device = params[0].device if params else "cpu"
     return MomentumState(
         step=torch.zeros((), dtype=torch.int64, device=device),
-        buffers=tuple(tuple(torch.zeros_like(p, memory_format=torch.preserve_format) for p in params) for _ in range(groups)),
+        buffers=tuple(
+            tuple(torch.zeros_like(p, memory_format=torch.preserve_format) for p in params) for _ in range(groups)
+        ),
     )
 
 
@@ -246,7 +249,7 @@ def merged_plan(parts: Sequence[str], offsets: Mapping[str, float]) -> Plan:
     return Plan(names, offs, decay, (min(offs, default=0.0), max(offs, default=0.0)))
 
 
-_delta = [v.instance_of((int, float)), v.gt(-1.0), v.lt(1.0)]
+_delta = real(gt=-1.0, lt=1.0)
 
 
 @register_momentum("sgd")
@@ -311,14 +314,14 @@ class GSNR:
         seed: seed of the coordinate subset.
     """
 
-    delta: float = attrs.field(default=0.075, validator=[v.instance_of((int, float)), v.ge(0.0), v.lt(1.0)])
-    interval: int = attrs.field(default=200, validator=[v.instance_of(int), v.ge(1)])
+    delta: float = attrs.field(default=0.075, validator=real(ge=0.0, lt=1.0))
+    interval: int = attrs.field(default=200, validator=integer(ge=1))
     estimator: Literal["subsampled", "exact"] = attrs.field(
         default="subsampled", validator=v.in_(("subsampled", "exact"))
     )
-    fraction: float = attrs.field(default=0.005, validator=[v.instance_of((int, float)), v.gt(0.0), v.le(1.0)])
-    beta: float = attrs.field(default=0.98, validator=[v.instance_of((int, float)), v.ge(0.0), v.lt(1.0)])
-    seed: int = attrs.field(default=0, validator=v.instance_of(int))
+    fraction: float = attrs.field(default=0.005, validator=real(gt=0.0, le=1.0))
+    beta: float = attrs.field(default=0.98, validator=real(ge=0.0, lt=1.0))
+    seed: int = attrs.field(default=0, validator=integer(ge=0, lt=2**63))
 
     @property
     def sample_fraction(self) -> float:

@@ -139,7 +139,9 @@ class DistillOptimizer(torch.optim.Optimizer):
         if self._gsnr_cfg is not None:
             cfg = self._gsnr_cfg
             self._gsnr_states.append(
-                G.init(params, len(self.plan.groups), fraction=cfg.sample_fraction, seed=cfg.seed + len(self._gsnr_states))
+                G.init(
+                    params, len(self.plan.groups), fraction=cfg.sample_fraction, seed=cfg.seed + len(self._gsnr_states)
+                )
             )
 
     def _validate_group(self, group: dict[str, Any], index: int) -> None:
@@ -158,9 +160,13 @@ class DistillOptimizer(torch.optim.Optimizer):
         if not group["weight_decay"] >= 0.0:
             raise bad("weight_decay", "expected weight_decay >= 0")
         if group["nesterov"] and (mu <= 0 or group["dampening"] != 0):
-            raise bad("nesterov", "Nesterov momentum needs momentum > 0 and dampening = 0")
+            raise bad(
+                "nesterov",
+                f"Nesterov momentum needs momentum > 0 and dampening = 0, got momentum={mu}, "
+                f"dampening={group['dampening']}",
+            )
         lo, hi = self.plan.offset_range
-        if not (0.0 <= mu + lo and mu + hi < 1.0):
+        if not (mu + lo >= 0.0 and mu + hi < 1.0):
             name = getattr(self.recipe.momentum, "strategy_name", type(self.recipe.momentum).__name__)
             raise ConfigError(
                 f"momentum={mu} with the {name!r} strategy's offsets in [{lo:+.4g}, {hi:+.4g}] gives coefficients in "
@@ -213,11 +219,21 @@ class DistillOptimizer(torch.optim.Optimizer):
                     f"{values[names.index(bad[0])]} (parts: {dict(zip(names, values))}); pass nonfinite='skip' to "
                     "skip such steps"
                 )
-            return StepOutput(self._steps, math.nan, dict(zip(names, values)), momenta, self._gsnr_dict(),
-                              int(self.mask_state.k), M.PHASE_NAMES[int(self.mask_state.phase)], correct, True)
+            return StepOutput(
+                self._steps,
+                math.nan,
+                dict(zip(names, values)),
+                momenta,
+                self._gsnr_dict(),
+                int(self.mask_state.k),
+                M.PHASE_NAMES[int(self.mask_state.phase)],
+                correct,
+                True,
+            )
 
         self._pending = self._gradients(parts)
         self.step()
+        momenta = self.part_momenta()  # the coefficients this step used (GSNR may just have re-allocated them)
         self.mask_state = M.accumulate(self.mask_state, student_logits, target)
         if mask_cfg.window is not None:
             self._window_steps += 1
@@ -256,7 +272,7 @@ class DistillOptimizer(torch.optim.Optimizer):
         start = 0
         for act in active:
             n = sum(act)
-            out.append([g[start:start + n] for g in grads])
+            out.append([g[start : start + n] for g in grads])
             start += n
         return out, active
 
@@ -278,28 +294,38 @@ class DistillOptimizer(torch.optim.Optimizer):
         self._pending = None
         if self._gsnr_states:
             beta = self._gsnr_cfg.beta  # type: ignore[union-attr]
-            for i, (state, act) in enumerate(zip(self._gsnr_states, active)):
+            for i, (gstate, act) in enumerate(zip(self._gsnr_states, active)):
                 if all(act):
-                    self._gsnr_states[i] = G.update(state, grads[i], beta=beta)
+                    self._gsnr_states[i] = G.update(gstate, grads[i], beta=beta)
                 else:
-                    full = [[_fill(g, a, p) for g, a, p in zip(_expand(gs, act), act, self.param_groups[i]["params"])]
-                            for gs in grads[i]]
-                    self._gsnr_states[i] = G.update(state, full, beta=beta)
+                    full = [
+                        [_fill(g, p) for g, p in zip(_expand(gs, act), self.param_groups[i]["params"])]
+                        for gs in grads[i]
+                    ]
+                    self._gsnr_states[i] = G.update(gstate, full, beta=beta)
         self._steps += 1
         if self.plan.gsnr is not None and self._steps % self.plan.gsnr.interval == 0:
             self.last_gsnr = self.gsnr()
-            self.offsets = self.plan.gsnr.allocate(self.last_gsnr)
+            if self.last_gsnr is not None:
+                self.offsets = self.plan.gsnr.allocate(self.last_gsnr)
         for i, group in enumerate(self.param_groups):
             act = active[i]
             params = [p for p, a in zip(group["params"], act) if a]
             state = self._momentum_states[i]
-            sub = state if all(act) else state._replace(
-                buffers=tuple(tuple(b for b, a in zip(bufs, act) if a) for bufs in state.buffers)
+            sub = (
+                state
+                if all(act)
+                else state._replace(buffers=tuple(tuple(b for b, a in zip(bufs, act) if a) for bufs in state.buffers))
             )
             foreach = self.foreach if self.foreach is not None else bool(params and params[0].is_cuda)
             coeffs = self.coefficients(i)
-            kwargs = dict(lr=group["lr"], dampening=group["dampening"], weight_decay=group["weight_decay"],
-                          nesterov=group["nesterov"], foreach=foreach)
+            kwargs = dict(
+                lr=group["lr"],
+                dampening=group["dampening"],
+                weight_decay=group["weight_decay"],
+                nesterov=group["nesterov"],
+                foreach=foreach,
+            )
             if self.plan.quirks:
                 new = MO.update_reference_quirks(sub, params, grads[i], coeffs, **kwargs)
             else:
@@ -352,9 +378,10 @@ class DistillOptimizer(torch.optim.Optimizer):
         if not isinstance(ours, dict):
             raise CheckpointError("this optimizer state was not saved by a deepkd DistillOptimizer (no 'deepkd' entry)")
         mine = unstructure(self.recipe)
-        if ours.get("recipe") != mine:
+        saved = ours.get("recipe")
+        if not isinstance(saved, dict) or _without_name(saved) != _without_name(mine):
             raise CheckpointError(
-                f"the optimizer state belongs to another recipe: saved {ours.get('recipe')}, this optimizer runs {mine}"
+                f"the optimizer state belongs to another recipe: saved {saved}, this optimizer runs {mine}"
             )
         try:
             momentum = [MO.MomentumState(**s) for s in ours["momentum"]]
@@ -374,7 +401,7 @@ class DistillOptimizer(torch.optim.Optimizer):
             super().load_state_dict({"state": {}, "param_groups": state_dict["param_groups"]})
         except (ValueError, KeyError) as exc:
             raise CheckpointError(f"the optimizer state does not match these parameters: {exc}") from None
-        device = lambda s: s.step.device  # noqa: E731
+        device = lambda s: s.step.device
         self._momentum_states = [_to(new, device(old)) for old, new in zip(self._momentum_states, momentum)]
         self._gsnr_states = [_to(new, device(old)) for old, new in zip(self._gsnr_states, gsnr)]
         self.mask_state = mask
@@ -386,12 +413,17 @@ class DistillOptimizer(torch.optim.Optimizer):
         self._pending = None
 
 
+def _without_name(recipe: dict[str, Any]) -> dict[str, Any]:
+    """A recipe's plain data without its label: a renamed recipe still loads its own state."""
+    return {k: v for k, v in recipe.items() if k != "name"}
+
+
 def _expand(grads: Sequence[Tensor], active: Sequence[bool]) -> list[Tensor | None]:
     it = iter(grads)
     return [next(it) if a else None for a in active]
 
 
-def _fill(g: Tensor | None, active: bool, p: Tensor) -> Tensor:
+def _fill(g: Tensor | None, p: Tensor) -> Tensor:
     return g if g is not None else torch.zeros_like(p)
 
 
@@ -404,7 +436,7 @@ def _all_reduce_mean(tensors: list[Tensor]) -> None:
     offset = 0
     for t in tensors:
         n = t.numel()
-        t.copy_(flat[offset:offset + n].view_as(t))
+        t.copy_(flat[offset : offset + n].view_as(t))
         offset += n
 
 

@@ -22,13 +22,14 @@ from torch import Tensor
 
 from deepkd import losses as L
 from deepkd.registry import register_loss
+from deepkd.validators import integer, real
 
 __all__ = ["CE", "DKD", "KD", "LossStrategy", "PART_NAMES"]
 
 PART_NAMES = ("task", "tckd", "nckd")
 
-_nonneg = [v.instance_of((int, float)), v.ge(0.0)]
-_positive = [v.instance_of((int, float)), v.gt(0.0)]
+_nonneg = real(ge=0.0)
+_positive = real(gt=0.0)
 
 
 class LossStrategy(Protocol):
@@ -80,10 +81,7 @@ class KD:
         tc = L.tckd(student, teacher, target, t, standardized=std)
         nc = L.nckd(student, teacher, target, t, keep=keep, standardized=std)
         rest = 1.0 - L.target_prob(teacher.detach(), target, t, standardized=std)
-        if self.split == "exact":
-            nckd = self.w_kd * (rest * nc).mean()
-        else:
-            nckd = self.w_kd * rest.mean() * nc.mean()
+        nckd = self.w_kd * (rest * nc).mean() if self.split == "exact" else self.w_kd * rest.mean() * nc.mean()
         return {
             "task": self.w_ce * L.ce(student, target, reduction="mean"),
             "tckd": self.w_kd * tc.mean(),
@@ -99,7 +97,7 @@ class DKD:
     alpha: float = attrs.field(default=1.0, validator=_nonneg)
     beta: float = attrs.field(default=8.0, validator=_nonneg)
     temperature: float = attrs.field(default=4.0, validator=_positive)
-    warmup: int = attrs.field(default=20, validator=[v.instance_of(int), v.ge(0)])
+    warmup: int = attrs.field(default=20, validator=integer(ge=0))
     w_ce: float = attrs.field(default=1.0, validator=_nonneg)
     standardize: bool = attrs.field(default=False, validator=v.instance_of(bool))
 

@@ -105,7 +105,8 @@ def _registrar(registry: Registry[type], name: str, replace: bool) -> Callable[[
 
         if not attrs.has(cls):
             raise TypeError(f"{registry.axis} strategy {name!r} must be an attrs class, got {cls!r}")
+        registry.register(name, replace=replace)(cls)  # refuses duplicates before the class is touched
         cls.strategy_name = name  # type: ignore[attr-defined]
-        return registry.register(name, replace=replace)(cls)
+        return cls
 
     return decorator

@@ -49,8 +49,10 @@ def test_subsampled_sums_are_unbiased():
     """Over random coordinate subsets, the mean of the weighted sums approaches the exact sums."""
     gen = torch.Generator().manual_seed(0)
     shapes = [(40, 30), (30,), (7, 5, 3)]
-    stream = [[torch.randn(s, generator=gen) + 0.3 * torch.arange(math.prod(s)).reshape(s) / 100 for s in shapes]
-              for _ in range(10)]
+    stream = [
+        [torch.randn(s, generator=gen) + 0.3 * torch.arange(math.prod(s)).reshape(s) / 100 for s in shapes]
+        for _ in range(10)
+    ]
     params = [torch.zeros(s) for s in shapes]
 
     def sums(fraction, seed):
@@ -70,7 +72,7 @@ def test_subsampled_sums_are_unbiased():
 def test_default_memory_is_under_ten_percent_of_parameters():
     params = [torch.zeros(256, 128), torch.zeros(128), torch.zeros(64, 64, 3, 3)]
     state = G.init(params, components=3)
-    state_bytes = sum(t.numel() * t.element_size() for t in (state.m1, state.m2, state.weight, *state.index))
+    state_bytes = sum(t.numel() * t.element_size() for t in (state.m1, state.m2, state.weight, *state.coords))
     param_bytes = sum(p.numel() * p.element_size() for p in params)
     assert state_bytes <= 0.10 * param_bytes
 

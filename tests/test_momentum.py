@@ -39,8 +39,9 @@ def _param_groups(model, lr, wd, split):
 
 def _train_sgd(loss_cfg, steps, lr, mu, wd, nesterov, dampening, split):
     model = _model()
-    opt = torch.optim.SGD(_param_groups(model, lr, wd, split), lr=lr, momentum=mu, weight_decay=wd,
-                          nesterov=nesterov, dampening=dampening)
+    opt = torch.optim.SGD(
+        _param_groups(model, lr, wd, split), lr=lr, momentum=mu, weight_decay=wd, nesterov=nesterov, dampening=dampening
+    )
     for epoch, (x, t, y) in enumerate(_data(steps), start=1):
         opt.zero_grad()
         sum(loss_cfg.parts(model(x), t, y, epoch=epoch, keep=None).values()).backward()
@@ -50,8 +51,15 @@ def _train_sgd(loss_cfg, steps, lr, mu, wd, nesterov, dampening, split):
 
 def _train_deepkd(recipe, steps, lr, mu, wd, nesterov, dampening, split, foreach=False):
     model = _model()
-    opt = recipe.optimizer(_param_groups(model, lr, wd, split), lr=lr, momentum=mu, weight_decay=wd,
-                           nesterov=nesterov, dampening=dampening, foreach=foreach)
+    opt = recipe.optimizer(
+        _param_groups(model, lr, wd, split),
+        lr=lr,
+        momentum=mu,
+        weight_decay=wd,
+        nesterov=nesterov,
+        dampening=dampening,
+        foreach=foreach,
+    )
     for epoch, (x, t, y) in enumerate(_data(steps), start=1):
         opt.distill_step(model(x), t, y, epoch=epoch)
     return model, opt
@@ -78,8 +86,11 @@ def test_merged_strategies_equal_torch_sgd_exactly(steps, lr, mu, wd, nesterov, 
     bit for bit, weight decay and param groups included."""
     if not _valid(mu, nesterov, dampening):
         return
-    strategy = {"sgd": deepkd.SGD(), "dot0": deepkd.DOT(delta=0.0),
-                "fixed_equal": deepkd.Fixed(tog=0.0, tcg=0.0, ncg=0.0)}[momentum]
+    strategy = {
+        "sgd": deepkd.SGD(),
+        "dot0": deepkd.DOT(delta=0.0),
+        "fixed_equal": deepkd.Fixed(tog=0.0, tcg=0.0, ncg=0.0),
+    }[momentum]
     recipe = deepkd.compose(loss="kd", momentum=strategy, mask="none")
     assert len(recipe.plan().groups) == 1
     ref = _train_sgd(recipe.loss, steps, lr, mu, wd, nesterov, dampening, split)
@@ -93,8 +104,11 @@ def test_three_buffers_with_equal_coefficients_match_sgd(steps, lr, mu, wd, nest
     """Three separate buffers with one coefficient add up to SGD's single buffer (to rounding)."""
     if not _valid(mu, nesterov, dampening):
         return
-    strategy = deepkd.GSNR(delta=0.0, interval=3) if momentum == "gsnr0" else deepkd.Fixed(
-        tog=0.05, tcg=0.05, ncg=0.05, reference_quirks=False)
+    strategy = (
+        deepkd.GSNR(delta=0.0, interval=3)
+        if momentum == "gsnr0"
+        else deepkd.Fixed(tog=0.05, tcg=0.05, ncg=0.05, reference_quirks=False)
+    )
     mu_ref = mu if momentum == "gsnr0" else mu + 0.05
     if mu_ref >= 1:
         return
@@ -109,8 +123,12 @@ def test_three_buffers_with_equal_coefficients_match_sgd(steps, lr, mu, wd, nest
 def test_foreach_matches_per_tensor(steps, lr, mu, wd, nesterov, dampening, split, momentum):
     if not _valid(mu, nesterov, dampening) or mu < 0.1 or mu > 0.9:
         return
-    strategy = {"dot": deepkd.DOT(), "fixed": deepkd.Fixed(), "gsnr": deepkd.GSNR(interval=2),
-                "quirks": deepkd.Fixed(reference_quirks=True)}[momentum]
+    strategy = {
+        "dot": deepkd.DOT(),
+        "fixed": deepkd.Fixed(),
+        "gsnr": deepkd.GSNR(interval=2),
+        "quirks": deepkd.Fixed(reference_quirks=True),
+    }[momentum]
     recipe = deepkd.compose(loss="kd", momentum=strategy, mask="none")
     a, _ = _train_deepkd(recipe, steps, lr, mu, wd, nesterov, dampening, split, foreach=False)
     b, _ = _train_deepkd(recipe, steps, lr, mu, wd, nesterov, dampening, split, foreach=True)

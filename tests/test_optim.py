@@ -14,8 +14,9 @@ from deepkd import masks as M
 
 def _setup(recipe, seed=0, **kwargs):
     torch.manual_seed(seed)
-    student = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(),
-                                  torch.nn.Linear(16, 10))
+    student = torch.nn.Sequential(
+        torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(), torch.nn.Linear(16, 10)
+    )
     opt = recipe.optimizer(student.parameters(), lr=kwargs.pop("lr", 0.1), weight_decay=5e-4, **kwargs)
     return student, opt
 
