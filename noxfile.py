@@ -1,4 +1,4 @@
-"""Developer sessions: ``nox -s tests``, ``nox -s lint`` (and ``nox -s bench`` once the benchmark lands).
+"""Developer sessions: ``nox -s tests``, ``nox -s lint`` and ``nox -s bench``.
 
 Every session installs from ``constraints.txt`` with pip, so torch and torchvision come from the local pins.
 """
@@ -30,3 +30,10 @@ def lint(session: nox.Session) -> None:
     session.install(*CONSTRAINTS, "-e", ".[lint]")
     session.run("ruff", "check", "deepkd", "tests", "baselines", "benchmarks", "noxfile.py")
     session.run("mypy")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Speed and accuracy benchmarks; ``nox -s bench -- --profile smoke|default|full`` (report in bench-results/)."""
+    session.install(*CONSTRAINTS, "-e", ".[bench]")
+    session.run("python", "-m", "benchmarks.run", *session.posargs)

@@ -38,9 +38,19 @@ from deepkd.models import build_model
 
 PROFILES: dict[str, dict[str, Any]] = {
     # setups: (name, student, teacher, input shape, classes, batch, builder kwargs)
-    "smoke": {"setups": ["small"], "repeats": 3, "steps": 2, "batch_scale": 0.5},
-    "default": {"setups": ["small", "cifar", "resnet18"], "repeats": 5, "steps": 3, "batch_scale": 1.0},
-    "full": {"setups": ["small", "cifar", "resnet18"], "repeats": 9, "steps": 5, "batch_scale": 1.0},
+    "smoke": {"setups": ["small"], "repeats": 2, "steps": 1, "batch": {"small": 32}},
+    "default": {
+        "setups": ["small", "cifar", "resnet18"],
+        "repeats": 3,
+        "steps": 2,
+        "batch": {"small": 128, "cifar": 32, "resnet18": 16},
+    },
+    "full": {
+        "setups": ["small", "cifar", "resnet18"],
+        "repeats": 9,
+        "steps": 5,
+        "batch": {"small": 128, "cifar": 64, "resnet18": 32},
+    },
 }
 
 SETUPS: dict[str, dict[str, Any]] = {
@@ -144,7 +154,7 @@ def bench_setup(name: str, profile: dict[str, Any], seed: int = 0) -> dict[str, 
     teacher = build_model(cfg["teacher"], classes, **kwargs).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    batch = max(8, int(cfg["batch"] * profile["batch_scale"]))
+    batch = profile["batch"].get(name, cfg["batch"])
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, *cfg["shape"], generator=gen)
     y = torch.randint(0, classes, (batch,), generator=gen)
@@ -256,11 +266,10 @@ def peak_rss(setup: str, recipe: str, profile: str) -> float:
 
 def _rss_probe(setup: str, recipe: str, profile: str) -> None:
     cfg = SETUPS[setup]
-    scale = PROFILES[profile]["batch_scale"]
     torch.manual_seed(0)
     kwargs = {"in_channels": cfg["shape"][0]} if not cfg["student"].startswith("resnet1") else {}
     student = build_model(cfg["student"], cfg["classes"], **kwargs)
-    batch = max(8, int(cfg["batch"] * scale))
+    batch = PROFILES[profile]["batch"].get(setup, cfg["batch"])
     x = torch.randn(batch, *cfg["shape"])
     y = torch.randint(0, cfg["classes"], (batch,))
     t = torch.randn(batch, cfg["classes"])
