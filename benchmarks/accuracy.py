@@ -85,9 +85,19 @@ MODELS: dict[str, dict[str, Any]] = {
 BATCH = 128
 LR = 0.05
 METHODS = (
-    "ce", "kd", "dkd", "dot", "deepkd_fixed", "deepkd_gsnr", "deepkd_official",
-    "gsnr_nomask", "dynamic_sgd", "static_10", "static_20", "static_30",
-)  # fmt: skip
+    "ce",
+    "kd",
+    "dkd",
+    "dot",
+    "deepkd_fixed",
+    "deepkd_gsnr",
+    "deepkd_official",
+    "gsnr_nomask",
+    "dynamic_sgd",
+    "static_10",
+    "static_20",
+    "static_30",
+)
 
 
 def recipes(classes: int, epochs: int, steps_per_epoch: int) -> dict[str, deepkd.Recipe]:
@@ -223,9 +233,14 @@ class Trace(Callback):
 
 
 def run_method(
-    dataset: str, method: str, recipe: deepkd.Recipe, seed: int, teacher: torch.nn.Module | None, data: Any,
+    dataset: str,
+    method: str,
+    recipe: deepkd.Recipe,
+    seed: int,
+    teacher: torch.nn.Module | None,
+    data: Any,
     epochs: int,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     train, test, classes = data
     torch.manual_seed(1000 + seed)
     student = _model(dataset, "student", classes, train.tensors[0][:1])
@@ -233,8 +248,14 @@ def run_method(
     train_loader, test_loader = _loaders(train, test, indexed=needs_teacher)
     trace = Trace(every=max(1, len(train_loader) // 20))
     start = time.perf_counter()
-    trainer = Trainer(student, teacher if needs_teacher else None, recipe, _config(epochs, cache=needs_teacher),
-                      seed=seed, callbacks=[trace])  # fmt: skip
+    trainer = Trainer(
+        student,
+        teacher if needs_teacher else None,
+        recipe,
+        _config(epochs, cache=needs_teacher),
+        seed=seed,
+        callbacks=[trace],
+    )
     history = trainer.fit(train_loader, test_loader)
     return {
         "dataset": dataset,
@@ -271,14 +292,16 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
             final = [r["final_top1"] for r in seeds.values()]
             diffs = [seeds[s]["best_top1"] - kd[s]["best_top1"] for s in seeds if s in kd]
             d_mean, d_std = _mean_std(diffs) if diffs else (math.nan, math.nan)
-            rows.append({
-                "method": method,
-                "runs": len(seeds),
-                "best": _mean_std(best),
-                "final": _mean_std(final),
-                "vs_kd": (d_mean, d_std / math.sqrt(len(diffs)) if diffs else math.nan),
-                "epoch_seconds": statistics.fmean(t for r in seeds.values() for t in r["epoch_time"]),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "method": method,
+                    "runs": len(seeds),
+                    "best": _mean_std(best),
+                    "final": _mean_std(final),
+                    "vs_kd": (d_mean, d_std / math.sqrt(len(diffs)) if diffs else math.nan),
+                    "epoch_seconds": statistics.fmean(t for r in seeds.values() for t in r["epoch_time"]),
+                }
+            )
         out[dataset] = rows
     return out
 
@@ -295,15 +318,19 @@ def markdown(summary: dict[str, list[dict[str, Any]]], meta: dict[str, Any]) -> 
     lines = []
     for dataset, rows in summary.items():
         info = meta["datasets"].get(dataset, {})
-        lines.append(f"### {dataset}: {info.get('teacher')} teacher ({info.get('teacher_top1', math.nan):.2%} test "
-                     f"top-1) → {info.get('student')} student, {info.get('epochs')} epochs, "
-                     f"{info.get('train')} train / {info.get('test')} test images")  # fmt: skip
+        lines.append(
+            f"### {dataset}: {info.get('teacher')} teacher ({info.get('teacher_top1', math.nan):.2%} test "
+            f"top-1) → {info.get('student')} student, {info.get('epochs')} epochs, "
+            f"{info.get('train')} train / {info.get('test')} test images"
+        )
         lines.append("")
         lines.append("| method | runs | best top-1 (%) | final top-1 (%) | best − KD (pp) | s / epoch |")
         lines.append("| --- | ---: | ---: | ---: | ---: | ---: |")
         for r in rows:
-            lines.append(f"| {r['method']} | {r['runs']} | {_pm(r['best'])} | {_pm(r['final'])} | "
-                         f"{_pm(r['vs_kd'], sign=True) if r['method'] != 'kd' else '0'} | {r['epoch_seconds']:.1f} |")  # fmt: skip
+            lines.append(
+                f"| {r['method']} | {r['runs']} | {_pm(r['best'])} | {_pm(r['final'])} | "
+                f"{_pm(r['vs_kd'], sign=True) if r['method'] != 'kd' else '0'} | {r['epoch_seconds']:.1f} |"
+            )
         lines.append("")
     lines.append("Mean ± std over seeds; best − KD is paired by seed, mean ± standard error.")
     return "\n".join(lines)
@@ -398,8 +425,11 @@ def main(argv: list[str] | None = None, log: Callable[[str], None] | None = None
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", choices=list(PROFILES), default="default")
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
-    parser.add_argument("--cache", type=Path, default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-                        / "deepkd" / "bench")  # fmt: skip
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "deepkd" / "bench",
+    )
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--methods", nargs="*", help="subset of methods: " + ", ".join(METHODS))
     args = parser.parse_args(argv)
@@ -437,8 +467,12 @@ def main(argv: list[str] | None = None, log: Callable[[str], None] | None = None
         for seed in range(profile["seeds"]):
             for method in methods:
                 res = run_method(dataset, method, book[method], seed, teacher, data, profile["epochs"])
-                print(f"[accuracy] {dataset} {method} seed {seed}: best {res['best_top1']:.4f} "
-                      f"final {res['final_top1']:.4f} ({res['seconds']:.1f} s)", file=sys.stderr, flush=True)  # fmt: skip
+                print(
+                    f"[accuracy] {dataset} {method} seed {seed}: best {res['best_top1']:.4f} "
+                    f"final {res['final_top1']:.4f} ({res['seconds']:.1f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 runs.append(res)
     report: dict[str, Any] = {"meta": meta, "runs": runs}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -447,8 +481,17 @@ def main(argv: list[str] | None = None, log: Callable[[str], None] | None = None
         writer = csv.writer(fh)
         writer.writerow(["dataset", "method", "seed", "best_top1", "final_top1", "seconds", "student_params"])
         for r in runs:
-            writer.writerow([r["dataset"], r["method"], r["seed"], r["best_top1"], r["final_top1"],
-                             f"{r['seconds']:.2f}", r["student_params"]])  # fmt: skip
+            writer.writerow(
+                [
+                    r["dataset"],
+                    r["method"],
+                    r["seed"],
+                    r["best_top1"],
+                    r["final_top1"],
+                    f"{r['seconds']:.2f}",
+                    r["student_params"],
+                ]
+            )
     if runs:
         summary = summarise(runs)
         md = markdown(summary, meta)

@@ -41,8 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in (None, "accuracy"):
         print(f"== accuracy benchmark ({args.profile}) ==", file=sys.stderr, flush=True)
         accuracy.main(common)
-        sections.append("## Accuracy\n\n" + (args.out / "accuracy.md").read_text()
-                        + "\n\n![test accuracy per epoch](plots/accuracy.png)\n")  # fmt: skip
+        sections.append(
+            "## Accuracy\n\n"
+            + (args.out / "accuracy.md").read_text()
+            + "\n\n![test accuracy per epoch](plots/accuracy.png)\n"
+        )
     elapsed = time.perf_counter() - start
     header = (
         f"# deepkd benchmark report ({args.profile})\n\n"

@@ -10,8 +10,14 @@ from benchmarks import accuracy
 
 
 def _run(method: str, seed: int, best: float, final: float) -> dict:
-    return {"dataset": "d", "method": method, "seed": seed, "best_top1": best, "final_top1": final,
-            "epoch_time": [1.0, 2.0]}  # fmt: skip
+    return {
+        "dataset": "d",
+        "method": method,
+        "seed": seed,
+        "best_top1": best,
+        "final_top1": final,
+        "epoch_time": [1.0, 2.0],
+    }
 
 
 def test_summary_pairs_differences_by_seed():
