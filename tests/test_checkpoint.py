@@ -1,0 +1,71 @@
+"""Checkpoint files: atomic writes that never tear the old file, strict reads, weights for other code."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from deepkd.checkpoint import FORMAT, copy_atomic, load_checkpoint, read_state_dict, save_atomic
+from deepkd.errors import CheckpointError
+
+
+class Unpicklable:
+    def __reduce__(self):
+        raise RuntimeError("disk full")  # stands in for any failure half-way through torch.save
+
+
+def test_save_atomic_replaces_the_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "latest.pt"
+    save_atomic({"a": torch.ones(2)}, path)
+    save_atomic({"a": torch.zeros(2)}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["a"], torch.zeros(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["latest.pt"]
+
+
+def test_a_failed_save_keeps_the_old_file_intact(tmp_path):
+    path = tmp_path / "best.pt"
+    save_atomic({"a": torch.ones(2)}, path)
+    old = path.read_bytes()
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_atomic({"a": Unpicklable()}, path)
+    assert path.read_bytes() == old
+    assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]
+
+
+def test_copy_atomic_survives_a_later_rewrite_of_its_source(tmp_path):
+    save_atomic({"epoch": 1}, tmp_path / "best.pt")
+    copy_atomic(tmp_path / "best.pt", tmp_path / "latest.pt")
+    save_atomic({"epoch": 2}, tmp_path / "latest.pt")  # rename over the (hard-linked) copy
+    assert torch.load(tmp_path / "best.pt", weights_only=True) == {"epoch": 1}
+    assert torch.load(tmp_path / "latest.pt", weights_only=True) == {"epoch": 2}
+
+
+def test_read_state_dict_accepts_plain_wrapped_and_deepkd_files(tmp_path):
+    weights = nn.Linear(3, 2).state_dict()
+    torch.save(weights, tmp_path / "student.pt")
+    torch.save({"model": weights, "epoch": 240}, tmp_path / "mdistiller.pth")
+    for name in ("student.pt", "mdistiller.pth"):
+        got = read_state_dict(tmp_path / name)
+        assert got.keys() == weights.keys() and all(torch.equal(got[k], weights[k]) for k in weights)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [({"epoch": 3}, "holds no model weights"), ([1, 2, 3], "holds no model weights")],
+)
+def test_read_state_dict_refuses_files_without_weights(tmp_path, content, message):
+    torch.save(content, tmp_path / "x.pt")
+    with pytest.raises(CheckpointError, match=message):
+        read_state_dict(tmp_path / "x.pt")
+
+
+def test_load_checkpoint_refuses_missing_pickled_and_foreign_files(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "latest.pt")
+    torch.save({"format": FORMAT, "thing": nn.Linear(2, 2)}, tmp_path / "pickled.pt")  # needs weights_only=False
+    with pytest.raises(CheckpointError, match="not a weights-only torch file"):
+        load_checkpoint(tmp_path / "pickled.pt")
+    torch.save(nn.Linear(2, 2).state_dict(), tmp_path / "student.pt")
+    with pytest.raises(CheckpointError, match="not a deepkd training checkpoint"):
+        load_checkpoint(tmp_path / "student.pt")
