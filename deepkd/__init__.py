@@ -25,8 +25,60 @@ from deepkd.registry import LOSSES, MASKS, MOMENTA, register_loss, register_mask
 
 __version__ = "0.1.0"
 
+# The training loop pulls in the model zoo and data sets (and so torchvision); it loads on first use.
+_LAZY = {
+    "Trainer": "deepkd.trainer",
+    "TrainConfig": "deepkd.trainer",
+    "History": "deepkd.trainer",
+    "Callback": "deepkd.callbacks",
+    "LambdaCallback": "deepkd.callbacks",
+    "ExperimentConfig": "deepkd.experiment",
+    "DataConfig": "deepkd.experiment",
+    "ModelConfig": "deepkd.experiment",
+    "run": "deepkd.experiment",
+    "load_experiment": "deepkd.experiment",
+    "seed_everything": "deepkd.utils",
+    "is_main_process": "deepkd.utils",
+    "SCHEDULES": "deepkd.schedules",
+    "register_schedule": "deepkd.schedules",
+    "schedules": None,
+    "models": None,
+    "data": None,
+}
+
+
+def __getattr__(name: str) -> object:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'deepkd' has no attribute {name!r}")
+    import importlib
+
+    module = _LAZY[name]
+    value = (
+        importlib.import_module(f"deepkd.{name}") if module is None else getattr(importlib.import_module(module), name)
+    )
+    globals()[name] = value
+    return value
+
+
 __all__ = [
     "CE",
+    "SCHEDULES",
+    "Callback",
+    "DataConfig",
+    "ExperimentConfig",
+    "History",
+    "LambdaCallback",
+    "ModelConfig",
+    "TrainConfig",
+    "Trainer",
+    "data",
+    "is_main_process",
+    "load_experiment",
+    "models",
+    "register_schedule",
+    "run",
+    "schedules",
+    "seed_everything",
     "DKD",
     "DOT",
     "GSNR",

@@ -1,0 +1,88 @@
+"""The ``deepkd`` command line.
+
+::
+
+    deepkd train CONFIG.toml [key=value ...] [--resume | --overwrite]
+    deepkd eval CHECKPOINT [--config CONFIG.toml] [--device DEVICE] [--batch-size N]
+
+Overrides are dotted keys into the config (``train.epochs=3 recipe.momentum.delta=0.05 data.name=digits``); values
+are read as TOML literals (``3``, ``0.05``, ``true``, ``[1, 2]``, ``{name = "kd"}``) and otherwise taken as strings.
+Unknown keys are rejected with the valid ones listed. Configuration, data and checkpoint problems end the command
+with exit status 2 and one line on stderr, without a traceback. ``python -m deepkd`` is the same command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from deepkd.errors import DeepKDError
+
+__all__ = ["main"]
+
+
+def _train(args: argparse.Namespace) -> int:
+    from deepkd.experiment import load_experiment, run
+
+    config = load_experiment(args.config, args.overrides)
+    history = run(config, resume=args.resume, overwrite=args.overwrite)
+    best, final = history.best_top1, history.final_top1
+    if best is not None and final is not None:
+        print(f"best test top-1 {100 * best:.2f}% (epoch {history.best_epoch}), final {100 * final:.2f}%")
+    print(f"run directory: {config.run_dir}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from deepkd.experiment import evaluate_checkpoint, load_experiment
+
+    config = load_experiment(args.config) if args.config else None
+    m = evaluate_checkpoint(args.checkpoint, config=config, device=args.device, batch_size=args.batch_size)
+    epoch = "" if m["epoch"] is None else f", epoch {m['epoch']}"
+    print(
+        f"top-1 {100 * m['test_top1']:.2f}%  top-5 {100 * m['test_top5']:.2f}%  loss {m['test_loss']:.4f}  "
+        f"({m['samples']} test images{epoch})"
+    )
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deepkd", description="Knowledge distillation with composable recipes.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train a student (or a teacher) from an experiment config")
+    train.add_argument("config", help="experiment config (.toml or .json)")
+    train.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.epochs=3")
+    mode = train.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue run_dir/latest.pt if it exists")
+    mode.add_argument("--overwrite", action="store_true", help="start over even if run_dir holds a run")
+    train.set_defaults(func=_train)
+
+    ev = commands.add_parser("eval", help="evaluate a checkpoint's student on its test set (top-1/top-5)")
+    ev.add_argument("checkpoint", help="latest.pt or best.pt (or student.pt with --config)")
+    ev.add_argument("--config", help="experiment config, for weights-only files such as student.pt")
+    ev.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1...")
+    ev.add_argument("--batch-size", type=int, default=None, help="evaluation batch size")
+    ev.set_defaults(func=_eval)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (2 for configuration, data and checkpoint errors)."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)  # overrides may come after options: collect them from `extra`
+    unknown = [a for a in extra if args.command != "train" or a.startswith("-")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.command == "train":
+        args.overrides = [*args.overrides, *extra]
+    try:
+        return int(args.func(args))
+    except DeepKDError as exc:
+        message = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        print(f"deepkd: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("deepkd: interrupted", file=sys.stderr)
+        return 130

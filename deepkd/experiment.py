@@ -1,0 +1,297 @@
+"""Experiments: one config file describing a whole run (recipe, training, data, models), and :func:`run`.
+
+A config file, e.g. ``baselines/configs/fashion_mnist/student_deepkd.toml``::
+
+    run_dir = "runs/fashion_mnist/student_deepkd"
+    seed = 0
+
+    [recipe]
+    loss = {name = "dkd", warmup = 1}
+    momentum = "gsnr"
+    mask = "dynamic"
+
+    [train]
+    epochs = 3
+    lr = 0.05
+    schedule = {name = "cosine", warmup = 0, min_factor = 0.0}
+
+    [data]
+    name = "fashion_mnist"
+    batch_size = 128
+
+    [student]
+    name = "tiny_cnn"
+
+    [teacher]
+    name = "small_resnet"
+    checkpoint = "runs/fashion_mnist/teacher/student.pt"
+
+Training a teacher is a run whose loss needs no teacher (``loss = "ce"``). Relative paths (``run_dir``, ``root``,
+``checkpoint``) are relative to the working directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+from attrs import validators as v
+from torch import nn
+from torch.utils.data import DataLoader
+
+from deepkd import config as cfg
+from deepkd.callbacks import Callback
+from deepkd.checkpoint import load_checkpoint, read_state_dict
+from deepkd.compose import Recipe
+from deepkd.data import IndexedDataset, get_dataset, make_loaders
+from deepkd.errors import CheckpointError, ConfigError
+from deepkd.models import build_model
+from deepkd.trainer import History, TrainConfig, Trainer, evaluate
+from deepkd.utils import resolve_device, seed_everything
+from deepkd.validators import integer
+
+__all__ = [
+    "DataConfig",
+    "ExperimentConfig",
+    "ModelConfig",
+    "apply_overrides",
+    "build_student",
+    "evaluate_checkpoint",
+    "load_experiment",
+    "parse_override",
+    "run",
+]
+
+_positive_int = integer(ge=1)
+
+
+@attrs.frozen(kw_only=True)
+class DataConfig:
+    """Which data set (:func:`deepkd.data.get_dataset`) and how to load it.
+
+    ``options`` go to the data set's builder (e.g. ``{num_samples = 512}`` for ``synthetic``); ``root`` too, when set.
+    """
+
+    name: str = attrs.field(validator=v.instance_of(str))
+    root: str | None = attrs.field(default=None, validator=v.optional(v.instance_of(str)))
+    batch_size: int = attrs.field(default=64, validator=_positive_int)
+    test_batch_size: int | None = attrs.field(default=None, validator=v.optional(_positive_int))
+    num_workers: int = attrs.field(default=0, validator=integer(ge=0))
+    drop_last: bool = attrs.field(default=False, validator=v.instance_of(bool))
+    options: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class ModelConfig:
+    """A registered model (:func:`deepkd.models.build_model`) with builder ``kwargs`` and optional weights.
+
+    ``checkpoint`` is a ``student.pt``, ``best.pt`` or ``latest.pt`` of an earlier run (or any plain state_dict file);
+    a teacher needs one, a student uses it as its initialisation.
+    """
+
+    name: str = attrs.field(validator=v.instance_of(str))
+    kwargs: dict[str, Any] = attrs.field(factory=dict)
+    checkpoint: str | None = attrs.field(default=None, validator=v.optional(v.instance_of(str)))
+
+
+@attrs.frozen(kw_only=True)
+class ExperimentConfig:
+    """A whole run: recipe, training, data, student, teacher, run directory and seed.
+
+    ``deterministic`` asks torch for deterministic kernels (:func:`deepkd.utils.seed_everything`).
+    """
+
+    recipe: Recipe = attrs.field(factory=Recipe)
+    train: TrainConfig = attrs.field(factory=TrainConfig)
+    data: DataConfig
+    student: ModelConfig
+    teacher: ModelConfig | None = None
+    run_dir: str = attrs.field(default="runs/deepkd", validator=v.instance_of(str))
+    seed: int = attrs.field(default=0, validator=integer(ge=0, lt=2**63))
+    deterministic: bool = attrs.field(default=False, validator=v.instance_of(bool))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.epochs=3"`` -> ``(["train", "epochs"], 3)``; the value is read as a TOML literal, else a string."""
+    key, sep, raw = text.partition("=")
+    path = key.strip().split(".")
+    if not sep or not all(path):
+        raise ConfigError(f"override {text!r} must look like key=value, e.g. train.epochs=3 or data.name=digits")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return path, value
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """A copy of plain config data with dotted ``key=value`` overrides applied.
+
+    A strategy given by name (``momentum = "gsnr"``) becomes a table (``{name = "gsnr"}``) when an override sets one
+    of its fields, so ``recipe.momentum.delta=0.05`` works either way.
+    """
+    out = copy.deepcopy(dict(data))
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for i, key in enumerate(path[:-1]):
+            child = node.get(key)
+            if isinstance(child, str):
+                child = {"name": child}
+            elif child is None:
+                child = {}
+            elif not isinstance(child, dict):
+                where = ".".join(path[: i + 1])
+                raise ConfigError(f"cannot set {'.'.join(path)}: {where} is {child!r}, not a table @ $.{where}")
+            node[key] = child
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def load_experiment(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> ExperimentConfig:
+    """Read a ``.toml`` (or ``.json``) experiment config, apply dotted overrides, and validate it strictly.
+
+    Raises:
+        ConfigError: unreadable file, malformed override, unknown keys (with the valid ones listed), bad values.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot parse {str(path)!r}: {exc}") from None
+    data = apply_overrides(data, overrides)
+    try:
+        return cfg.structure(data, ExperimentConfig)
+    except ConfigError as exc:
+        raise ConfigError([f"{line} (in {path})" for line in exc.lines]) from None
+
+
+def _load_weights(model: nn.Module, spec: ModelConfig, role: str) -> None:
+    assert spec.checkpoint is not None
+    weights = read_state_dict(spec.checkpoint)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise CheckpointError(
+            f"{role} checkpoint {spec.checkpoint!r} does not fit model {spec.name!r}: "
+            f"{' '.join(s.strip() for s in first[:3])}"
+        ) from None
+
+
+def build_student(spec: ModelConfig, num_classes: int) -> nn.Module:
+    """The model of ``spec`` with ``num_classes`` outputs, initialised from ``spec.checkpoint`` when set."""
+    model = build_model(spec.name, num_classes, **spec.kwargs)
+    if spec.checkpoint is not None:
+        _load_weights(model, spec, "student")
+    return model
+
+
+def _build_teacher(spec: ModelConfig | None, num_classes: int) -> nn.Module:
+    if spec is None:
+        raise ConfigError("this recipe's loss distils from a teacher: add a [teacher] table @ $.teacher")
+    if spec.checkpoint is None:
+        raise ConfigError(
+            f"the teacher {spec.name!r} needs trained weights: set checkpoint to an earlier run's student.pt "
+            "@ $.teacher.checkpoint"
+        )
+    model = build_model(spec.name, num_classes, **spec.kwargs)
+    _load_weights(model, spec, "teacher")
+    return model
+
+
+def _datasets(data: DataConfig) -> tuple[Any, Any, Any]:
+    options = dict(data.options)
+    if data.root is not None:
+        options["root"] = data.root
+    return get_dataset(data.name, **options)
+
+
+def run(
+    config: ExperimentConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    callbacks: Sequence[Callback] = (),
+) -> History:
+    """Build data, models and the :class:`~deepkd.trainer.Trainer` of ``config`` and train; returns the history.
+
+    ``resume=True`` continues ``config.run_dir/latest.pt`` when it exists, else starts fresh; an existing run is
+    otherwise refused unless ``overwrite=True``.
+    """
+    seed_everything(config.seed, config.deterministic)
+    train_set, test_set, info = _datasets(config.data)
+    if config.train.cache_teacher:
+        train_set = IndexedDataset(train_set)
+    train_loader, test_loader = make_loaders(
+        train_set,
+        test_set,
+        config.data.batch_size,
+        seed=config.seed,
+        num_workers=config.data.num_workers,
+        drop_last=config.data.drop_last,
+        test_batch_size=config.data.test_batch_size,
+    )
+    student = build_student(config.student, info.num_classes)
+    teacher = _build_teacher(config.teacher, info.num_classes) if config.recipe.loss.needs_teacher else None
+    trainer = Trainer(
+        student,
+        teacher,
+        config.recipe,
+        config.train,
+        run_dir=config.run_dir,
+        seed=config.seed,
+        callbacks=callbacks,
+        run_config=config,
+    )
+    return trainer.fit(train_loader, test_loader, resume=resume, overwrite=overwrite)
+
+
+def evaluate_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    config: ExperimentConfig | None = None,
+    device: str = "auto",
+    batch_size: int | None = None,
+) -> dict[str, Any]:
+    """Test loss, top-1 and top-5 of a checkpoint's student on its config's test set.
+
+    ``path`` is a ``latest.pt``/``best.pt`` (which carry their config) or, with ``config``, any weights file
+    (``student.pt``). Returns the metrics plus ``epoch`` (``None`` for weights-only files) and ``samples``.
+    """
+    path = Path(path)
+    epoch = None
+    if config is None:
+        state = load_checkpoint(path)
+        epoch = state["epoch"]
+        try:
+            config = cfg.structure(state["config"], ExperimentConfig)
+        except ConfigError as exc:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} holds no experiment config (was it written by a bare Trainer?); pass one "
+                f"with --config: {exc.lines[0]}"
+            ) from None
+        weights = state["student"]
+    else:
+        weights = read_state_dict(path)
+    _, test_set, info = _datasets(config.data)
+    student = build_model(config.student.name, info.num_classes, **config.student.kwargs)
+    try:
+        student.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{str(path)!r} does not fit model {config.student.name!r}: {str(exc)[:300]}") from None
+    dev = resolve_device(device)
+    loader = DataLoader(test_set, batch_size=batch_size or config.data.test_batch_size or config.data.batch_size)
+    metrics = evaluate(student.to(dev), loader, device=dev, name="test set")
+    return {**metrics, "epoch": epoch, "samples": len(test_set)}  # type: ignore[arg-type]

@@ -1,0 +1,187 @@
+"""The command line and experiment configs: train, overrides, typos, resume, eval, exit status 2 without traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from deepkd import config as cfg
+from deepkd.checkpoint import read_state_dict
+from deepkd.cli import main
+from deepkd.errors import ConfigError
+from deepkd.experiment import ExperimentConfig, apply_overrides, load_experiment, parse_override, run
+
+CONFIG = """
+run_dir = "{run_dir}"
+seed = 1
+
+[recipe]
+loss = "{loss}"
+momentum = "gsnr"
+mask = "dynamic"
+
+[train]
+epochs = 1
+lr = 0.1
+schedule = "constant"
+progress = false
+log_every = 2
+
+[data]
+name = "synthetic"
+batch_size = 16
+options = {{ num_samples = 64, num_test_samples = 32, num_classes = 4, shape = [8] }}
+
+[student]
+name = "mlp"
+kwargs = {{ in_features = 8, hidden = [16] }}
+"""
+
+
+def write_config(tmp_path: Path, name: str = "student", loss: str = "ce", teacher: str | None = None) -> Path:
+    text = CONFIG.format(run_dir=(tmp_path / "runs" / name).as_posix(), loss=loss)
+    if teacher is not None:
+        text += f'\n[teacher]\nname = "mlp"\nkwargs = {{ in_features = 8, hidden = [16] }}\ncheckpoint = "{teacher}"\n'
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text)
+    return path
+
+
+def error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_train_with_overrides_writes_the_run_directory(tmp_path, capsys):
+    path = write_config(tmp_path)
+    assert main(["train", str(path), "train.epochs=2", "recipe.momentum.delta=0.05", "train.lr=0.05"]) == 0
+    run_dir = tmp_path / "runs" / "student"
+    assert {"latest.pt", "best.pt", "student.pt", "metrics.jsonl", "config.toml"} <= {p.name for p in run_dir.iterdir()}
+    saved = cfg.load(run_dir / "config.toml", ExperimentConfig)
+    assert saved == load_experiment(path, ["train.epochs=2", "recipe.momentum.delta=0.05", "train.lr=0.05"])
+    assert saved.train.epochs == 2 and saved.recipe.momentum.delta == 0.05 and saved.train.lr == 0.05
+    assert "best test top-1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("train.epochs=3", (["train", "epochs"], 3)),
+        ("recipe.momentum.delta=0.05", (["recipe", "momentum", "delta"], 0.05)),
+        ("data.name=digits", (["data", "name"], "digits")),
+        ("train.progress=true", (["train", "progress"], True)),
+        ('train.schedule={name = "step", milestones = [2]}',
+         (["train", "schedule"], {"name": "step", "milestones": [2]})),
+        ("run_dir=runs/a b", (["run_dir"], "runs/a b")),
+    ],
+)
+def test_overrides_are_toml_literals_or_strings(override, expected):
+    assert parse_override(override) == expected
+
+
+def test_overriding_a_field_of_a_strategy_given_by_name():
+    data = {"recipe": {"momentum": "gsnr"}}
+    expected = {"recipe": {"momentum": {"name": "gsnr", "delta": 0.05}}}
+    assert apply_overrides(data, ["recipe.momentum.delta=0.05"]) == expected
+    assert data == {"recipe": {"momentum": "gsnr"}}  # the input is not modified
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.epoch=3", "unknown key 'epoch' for TrainConfig; did you mean 'epochs'? Valid keys: epochs, lr"),
+        ("recipe.momentum=gsnrr", "Did you mean 'gsnr'?"),
+        ("train.epochs=three", "@ $.train.epochs"),
+        ("epochs", "must look like key=value"),
+        ("seed.value=1", "seed is 1, not a table"),
+    ],
+)
+def test_typos_and_bad_values_exit_2_with_one_clear_line(tmp_path, capsys, override, message):
+    assert main(["train", str(write_config(tmp_path)), override]) == 2
+    line = error_line(capsys)
+    assert line.startswith("deepkd: error: ") and message in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_missing_config_and_missing_data_exit_2(tmp_path, capsys):
+    assert main(["train", str(tmp_path / "nope.toml")]) == 2
+    assert "cannot read config file" in error_line(capsys)
+    path = write_config(tmp_path)
+    assert main(["train", str(path), "data.name=fashion_mnist", "data.options={}", f"data.root={tmp_path}"]) == 2
+    assert "Fashion-MNIST train files" in error_line(capsys)
+
+
+def test_resume_and_overwrite_flags(tmp_path, capsys):
+    path = write_config(tmp_path)
+    assert main(["train", str(path)]) == 0
+    assert main(["train", str(path)]) == 2
+    assert "already holds a run" in error_line(capsys)
+    assert main(["train", str(path), "--resume", "train.epochs=2"]) == 0  # overrides may follow options
+    latest = torch.load(tmp_path / "runs" / "student" / "latest.pt", weights_only=True)
+    assert latest["epoch"] == 2 and len(latest["history"]["epochs"]) == 2
+    assert main(["train", str(path), "--overwrite"]) == 0
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", str(path), "--bogus"])
+    assert exit_info.value.code == 2
+
+
+def test_a_teacher_run_feeds_a_distillation_run_and_eval_reports_it(tmp_path, capsys):
+    assert main(["train", str(write_config(tmp_path, "teacher"))]) == 0
+    teacher_weights = (tmp_path / "runs" / "teacher" / "student.pt").as_posix()
+    student = write_config(tmp_path, "student", loss="dkd", teacher=teacher_weights)
+    assert main(["train", str(student)]) == 0
+    capsys.readouterr()
+
+    latest = tmp_path / "runs" / "student" / "latest.pt"
+    assert main(["eval", str(latest)]) == 0
+    out = capsys.readouterr().out
+    final = torch.load(latest, weights_only=True)["history"]["epochs"][-1]
+    assert f"top-1 {100 * final['test_top1']:.2f}%  top-5 {100 * final['test_top5']:.2f}%" in out
+    assert "(32 test images, epoch 1)" in out
+
+    plain = tmp_path / "runs" / "student" / "student.pt"
+    assert main(["eval", str(plain)]) == 2
+    assert "not a deepkd training checkpoint" in error_line(capsys)
+    assert main(["eval", str(plain), "--config", str(student)]) == 0
+    assert f"top-1 {100 * final['test_top1']:.2f}%" in capsys.readouterr().out
+    assert read_state_dict(latest).keys() == read_state_dict(plain).keys()
+
+
+def test_a_distillation_run_needs_a_fitting_teacher(tmp_path, capsys):
+    assert main(["train", str(write_config(tmp_path, "s1", loss="kd"))]) == 2
+    assert "add a [teacher] table @ $.teacher" in error_line(capsys)
+    wrong = tmp_path / "wrong.pt"
+    torch.save(torch.nn.Linear(3, 4).state_dict(), wrong)
+    assert main(["train", str(write_config(tmp_path, "s2", loss="kd", teacher=wrong.as_posix()))]) == 2
+    assert "teacher checkpoint" in error_line(capsys)
+
+
+def test_run_returns_the_history(tmp_path):
+    config = load_experiment(write_config(tmp_path), ["train.epochs=2"])
+    history = run(config)
+    assert len(history) == 2 and history.best_top1 is not None
+
+
+def test_load_experiment_reports_every_problem_at_once(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_experiment(write_config(tmp_path), ["train.epoch=3", "data.batch_size=0"])
+    assert len(info.value.lines) == 2
+
+
+def test_python_dash_m_deepkd_exits_2_without_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "deepkd", "eval", str(tmp_path / "missing.pt")],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert result.returncode == 2
+    missing = str(tmp_path / "missing.pt")
+    assert result.stderr.strip().splitlines() == [f"deepkd: error: checkpoint {missing!r} does not exist"]
