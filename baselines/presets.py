@@ -16,12 +16,14 @@ from typing import Literal
 
 import deepkd
 
-__all__ = ["CIFAR100_DEEPKD_DKD", "CIFAR100_DEEPKD_KD", "METHODS", "cifar100", "imagenet"]
+__all__ = ["CIFAR100_DEEPKD_DKD", "CIFAR100_DEEPKD_KD", "DKD_BETA", "METHODS", "cifar100", "imagenet"]
 
 Method = Literal["ce", "kd", "dkd", "dot", "deepkd", "deepkd_gsnr", "deepkd_official"]
 METHODS: tuple[str, ...] = ("ce", "kd", "dkd", "dot", "deepkd", "deepkd_gsnr", "deepkd_official")
 
-# DeepKD on the KD base, CIFAR-100: (teacher, student) -> (δ_TCG, δ_NCG, w_ce); δ_TOG = +0.075 everywhere.
+# DeepKD on the KD base, CIFAR-100: (teacher, student) -> (δ_TCG, δ_NCG, w_ce); δ_TOG = +0.075 everywhere. Where the
+# official config raises the CE weight above 0.1, it sets the KD weight to 1 − w_ce (e.g. resnet32x4 → resnet8x4:
+# CE 0.5 / KD 0.5; wrn_40_2 → wrn_16_2: CE 0.6 / KD 0.4); elsewhere the weights are KD's 0.1 / 0.9.
 CIFAR100_DEEPKD_KD: dict[tuple[str, str], tuple[float, float, float]] = {
     ("resnet32x4", "resnet8x4"): (-0.075, 0.075, 0.5),
     ("resnet56", "resnet20"): (-0.075, 0.025, 0.1),
@@ -37,6 +39,15 @@ CIFAR100_DEEPKD_KD: dict[tuple[str, str], tuple[float, float, float]] = {
     ("resnet50", "mobilenetv2"): (-0.1, 0.025, 0.1),
 }
 
+# The DKD baseline's β per pair (mdistiller's DKD configs); 8 for pairs not listed.
+DKD_BETA: dict[tuple[str, str], float] = {
+    ("resnet32x4", "resnet8x4"): 8.0,
+    ("resnet56", "resnet20"): 2.0,
+    ("resnet110", "resnet32"): 2.0,
+    ("wrn_40_2", "wrn_16_2"): 6.0,
+    ("vgg13", "vgg8"): 6.0,
+}
+
 # DeepKD on the DKD base, CIFAR-100: (teacher, student) -> (β, δ_TCG, δ_NCG).
 CIFAR100_DEEPKD_DKD: dict[tuple[str, str], tuple[float, float, float]] = {
     ("resnet32x4", "resnet8x4"): (8.0, -0.075, 0.05),
@@ -50,10 +61,11 @@ LOW_LR_STUDENTS = ("shufflenetv1", "shufflenetv2", "mobilenetv2")
 
 
 def cifar100(method: str, teacher: str = "resnet32x4", student: str = "resnet8x4") -> deepkd.Recipe:
-    """The CIFAR-100 recipe of ``method`` for a teacher/student pair (per-pair deltas where published).
+    """The CIFAR-100 recipe of ``method`` for a teacher/student pair (per-pair settings where published).
 
-    ``deepkd`` is the paper's fixed-delta trainer on the KD base, ``deepkd_gsnr`` deepkd's own GSNR momentum with
-    the dynamic mask on the DKD base, ``deepkd_official`` the official code's behaviour.
+    ``deepkd`` is the paper's trainer on the KD base (published fixed deltas and the dynamic top-K mask),
+    ``deepkd_gsnr`` deepkd's own GSNR momentum with the dynamic mask on the DKD base, ``deepkd_official`` the
+    official code's behaviour (its NCKD split, weight-decay placement and no mask).
     """
     pair = (teacher, student)
     kd = deepkd.KD(temperature=4.0, w_ce=0.1, w_kd=0.9)
@@ -62,22 +74,23 @@ def cifar100(method: str, teacher: str = "resnet32x4", student: str = "resnet8x4
     if method == "kd":
         return deepkd.compose(loss=kd, momentum="sgd", mask="none", name="kd")
     if method == "dkd":
-        beta = CIFAR100_DEEPKD_DKD.get(pair, (8.0, 0.0, 0.0))[0]
+        beta = DKD_BETA.get(pair, 8.0)
         loss = deepkd.DKD(alpha=1.0, beta=beta, temperature=4.0, warmup=20, w_ce=1.0)
         return deepkd.compose(loss=loss, momentum="sgd", mask="none", name="dkd")
     if method == "dot":
         return deepkd.compose(loss=kd, momentum=deepkd.DOT(delta=0.075), mask="none", name="dot")
     tcg, ncg, w_ce = CIFAR100_DEEPKD_KD.get(pair, (-0.075, 0.075, 0.1))
-    deep_kd = deepkd.KD(temperature=4.0, w_ce=w_ce, w_kd=0.9)
+    w_kd = 0.9 if w_ce == 0.1 else round(1.0 - w_ce, 6)
+    deep_kd = deepkd.KD(temperature=4.0, w_ce=w_ce, w_kd=w_kd)
     if method == "deepkd":
         return deepkd.compose(
-            loss=deep_kd, momentum=deepkd.Fixed(tog=0.075, tcg=tcg, ncg=ncg), mask="none", name="deepkd"
+            loss=deep_kd, momentum=deepkd.Fixed(tog=0.075, tcg=tcg, ncg=ncg), mask=deepkd.DynamicMask(), name="deepkd"
         )
     if method == "deepkd_gsnr":
         return deepkd.compose(loss=deepkd.DKD(), momentum=deepkd.GSNR(), mask=deepkd.DynamicMask(), name="deepkd_gsnr")
     if method == "deepkd_official":
         return deepkd.compose(
-            loss=deepkd.KD(temperature=4.0, w_ce=w_ce, w_kd=0.9, split="official"),
+            loss=deepkd.KD(temperature=4.0, w_ce=w_ce, w_kd=w_kd, split="official"),
             momentum=deepkd.Fixed(tog=0.075, tcg=tcg, ncg=ncg, reference_quirks=True),
             mask="none",
             name="deepkd_official",
@@ -91,17 +104,20 @@ def imagenet(method: str) -> deepkd.Recipe:
     if method == "kd":
         return deepkd.compose(loss=kd, momentum="sgd", mask="none", name="kd")
     if method == "dkd":
-        loss = deepkd.DKD(alpha=0.5, beta=0.5, temperature=1.0, warmup=1, w_ce=1.0)
+        loss = deepkd.DKD(alpha=1.0, beta=0.5, temperature=1.0, warmup=1, w_ce=1.0)
         return deepkd.compose(loss=loss, momentum="sgd", mask="none", name="dkd")
     if method == "dot":
         return deepkd.compose(loss=kd, momentum=deepkd.DOT(delta=0.09), mask="none", name="dot")
     if method == "deepkd":
         return deepkd.compose(
-            loss=kd, momentum=deepkd.Fixed(tog=0.075, tcg=-0.075, ncg=0.075), mask="none", name="deepkd"
+            loss=kd,
+            momentum=deepkd.Fixed(tog=0.075, tcg=-0.075, ncg=0.075),
+            mask=deepkd.DynamicMask(thresholds=(0.4, 0.7)),
+            name="deepkd",
         )
     if method == "deepkd_gsnr":
         return deepkd.compose(
-            loss=deepkd.DKD(alpha=0.5, beta=0.5, temperature=1.0, warmup=1),
+            loss=deepkd.DKD(alpha=1.0, beta=0.5, temperature=1.0, warmup=1),
             momentum=deepkd.GSNR(delta=0.09),
             mask=deepkd.DynamicMask(thresholds=(0.4, 0.7)),
             name="deepkd_gsnr",

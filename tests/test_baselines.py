@@ -25,10 +25,15 @@ def test_imagenet_presets(method):
 def test_published_numbers():
     r = presets.cifar100("deepkd", "wrn_40_2", "wrn_16_2")
     assert r.momentum == deepkd.Fixed(tog=0.075, tcg=-0.075, ncg=0.085)
-    assert r.loss.w_ce == 0.6
+    assert (r.loss.w_ce, r.loss.w_kd) == (0.6, 0.4)
+    assert r.mask == deepkd.DynamicMask()
+    r = presets.cifar100("deepkd", "resnet32x4", "resnet8x4")
+    assert (r.loss.w_ce, r.loss.w_kd) == (0.5, 0.5)
+    assert presets.cifar100("deepkd", "resnet56", "resnet20").loss.w_kd == 0.9
     assert presets.cifar100("dot").momentum == deepkd.DOT(delta=0.075)
     assert presets.imagenet("dot").momentum == deepkd.DOT(delta=0.09)
-    assert presets.cifar100("dkd", "resnet56", "resnet20").loss.beta == 0.5
+    assert presets.cifar100("dkd", "resnet56", "resnet20").loss.beta == 2.0
+    assert presets.cifar100("dkd", "wrn_40_2", "wrn_16_2").loss.beta == 6.0
     official = presets.cifar100("deepkd_official")
     assert official.plan().quirks and official.loss.split == "official"
     with pytest.raises(ValueError, match="known"):
