@@ -14,7 +14,8 @@ which stays finite when single coordinates have zero variance. Two estimators:
   :math:`p` with :math:`n_p` coordinates contributes :math:`k_p = \lceil f\,n_p \rceil` coordinates drawn uniformly
   without replacement, each weighted :math:`w_j = n_p / k_p`. Each weighted sum is then an unbiased estimate of the
   exact sum over all coordinates (numerator and denominator separately; the ratio itself is a ratio estimator).
-  Memory per sampled coordinate: 2 float32 moments per component, an int32 index and a float32 weight.
+  Memory per sampled coordinate: 2 float32 moments per component, an int64 index (``torch.take`` gathers with it
+  fastest) and a float32 weight: with the default fraction, about 4.5% of the parameters' memory.
 
 The estimate is invariant to scaling a component's gradients by a constant and grows when a constant signal is
 added to noisy gradients.
@@ -52,7 +53,7 @@ class GSNRState(NamedTuple):
     step: Tensor  # int64 scalar: gradients folded in so far
     m1: Tensor  # float32 [components, n]: EMA of g
     m2: Tensor  # float32 [components, n]: EMA of g²
-    coords: tuple[Tensor, ...]  # int32 per parameter: sampled flat coordinates (all of them in exact mode)
+    coords: tuple[Tensor, ...]  # int64 per parameter: sampled flat coordinates (all of them in exact mode)
     weight: Tensor  # float32 [n]: n_p / k_p for each sampled coordinate
 
 
@@ -76,7 +77,7 @@ def init(
         n = p.numel()
         k = n if fraction >= 1.0 else min(n, max(1, math.ceil(fraction * n)))
         idx = torch.arange(n) if k == n else torch.randperm(n, generator=gen)[:k].sort().values
-        index.append(idx.to(device=device, dtype=torch.int32))
+        index.append(idx.to(device=device, dtype=torch.int64))
         weight.append(torch.full((k,), n / k))
     total = sum(int(i.numel()) for i in index)
     return GSNRState(
@@ -93,7 +94,7 @@ def sample(state: GSNRState, grads: Sequence[Tensor]) -> Tensor:
     if len(grads) != len(state.coords):
         raise ValueError(f"expected gradients for {len(state.coords)} parameters, got {len(grads)}")
     parts = [
-        g.detach().reshape(-1).float() if idx.numel() == g.numel() else g.detach().reshape(-1)[idx].float()
+        g.detach().reshape(-1).float() if idx.numel() == g.numel() else torch.take(g.detach(), idx).float()
         for g, idx in zip(grads, state.coords)
     ]
     return torch.cat(parts) if parts else torch.zeros(0, device=state.m1.device)

@@ -130,8 +130,8 @@ def _update_single(
     first: bool,
 ) -> None:
     for i, p in enumerate(params):
-        direction: Tensor | None = None
-        for b, m in enumerate(coefficients):
+        directions = []
+        for b, m in enumerate(coefficients):  # every buffer first: weight decay sees the parameter before the step
             g = grads[b][i]
             if b == decay_group and weight_decay != 0:
                 g = g.add(p, alpha=weight_decay)
@@ -140,10 +140,9 @@ def _update_single(
                 buf.copy_(g)
             else:
                 buf.mul_(m).add_(g, alpha=1 - dampening)
-            d = g.add(buf, alpha=m) if nesterov else buf
-            direction = d if direction is None else direction + d
-        assert direction is not None
-        p.add_(direction, alpha=-lr)
+            directions.append(g.add(buf, alpha=m) if nesterov else buf)
+        for d in directions:  # in place, one buffer at a time: no temporary for the sum
+            p.add_(d, alpha=-lr)
 
 
 def _update_foreach(
@@ -161,7 +160,7 @@ def _update_foreach(
     params = list(params)
     if not params:
         return
-    direction: list[Tensor] | None = None
+    directions = []
     for b, m in enumerate(coefficients):
         g = list(grads[b])
         if b == decay_group and weight_decay != 0:
@@ -172,10 +171,9 @@ def _update_foreach(
         else:
             torch._foreach_mul_(buf, m)
             torch._foreach_add_(buf, g, alpha=1 - dampening)
-        d = list(torch._foreach_add(g, buf, alpha=m)) if nesterov else buf
-        direction = d if direction is None else list(torch._foreach_add(direction, d))
-    assert direction is not None
-    torch._foreach_add_(params, direction, alpha=-lr)
+        directions.append(list(torch._foreach_add(g, buf, alpha=m)) if nesterov else buf)
+    for d in directions:
+        torch._foreach_add_(params, d, alpha=-lr)
 
 
 def update_reference_quirks(
