@@ -304,6 +304,9 @@ class Trainer:
         callbacks: extra :class:`~deepkd.callbacks.Callback` objects, called after the built-in ones.
         run_config: the config of the whole run (e.g. an :class:`~deepkd.experiment.ExperimentConfig`), saved as
             ``config.toml`` and in checkpoints; defaults to ``{recipe, train}``.
+        teacher_logits: precomputed teacher logits ``[len(train set), classes]`` in data-set index order, as
+            ``cache_teacher`` would compute them (e.g. shared by several runs on the same data); needs
+            ``cache_teacher = true``.
 
     Attributes:
         epoch: the epoch being trained (from 1), or the last one done; 0 before training.
@@ -322,6 +325,7 @@ class Trainer:
         seed: int = 0,
         callbacks: Sequence[Callback] = (),
         run_config: object | None = None,
+        teacher_logits: Tensor | None = None,
     ) -> None:
         self.config = config = config if config is not None else TrainConfig()
         self.recipe = recipe
@@ -362,6 +366,12 @@ class Trainer:
         self.callbacks: list[Callback] = [*self._builtin_callbacks(), *callbacks]
         self._generator: torch.Generator | None = None
         self._teacher_cache: Tensor | None = None
+        if teacher_logits is not None:
+            if not config.cache_teacher:
+                raise ConfigError("teacher_logits are a teacher-logit cache: set cache_teacher = true to use them")
+            if teacher_logits.dim() != 2:
+                raise InputError(f"teacher_logits must be [samples, classes], got {tuple(teacher_logits.shape)}")
+            self._teacher_cache = teacher_logits.detach().float().to(self.device)
 
     def _builtin_callbacks(self) -> list[Callback]:
         if not is_main_process():
@@ -410,7 +420,10 @@ class Trainer:
         self._generator = getattr(train_loader, "generator", None)
         self._open_run_dir(resume, overwrite)
         if self.config.cache_teacher and self.teacher is not None:
-            self._teacher_cache = self._compute_teacher_cache(train_loader)
+            if self._teacher_cache is None:
+                self._teacher_cache = self._compute_teacher_cache(train_loader)
+            else:
+                self._check_teacher_cache(train_loader)
 
         self._call("on_fit_start")
         while self.epoch < self.config.epochs and not self.should_stop:
@@ -475,6 +488,22 @@ class Trainer:
             assert index is not None
             return self._teacher_cache[index.to(self.device)]
         return self._teacher_forward(x)
+
+    def _check_teacher_cache(self, loader: Iterable[Any]) -> None:
+        assert self._teacher_cache is not None
+        size = len(getattr(loader, "dataset", ()))
+        expected = (size, self.num_classes)
+        if tuple(self._teacher_cache.shape) != expected:
+            raise InputError(
+                f"teacher_logits have shape {tuple(self._teacher_cache.shape)}, but the training set needs {expected} "
+                "(one row per sample, in data-set index order)"
+            )
+
+    def compute_teacher_logits(self, loader: Iterable[Any]) -> Tensor:
+        """The teacher's logits for every sample of ``loader``'s data set, in index order (what ``cache_teacher``
+        computes; pass it as ``teacher_logits`` to other runs on the same data)."""
+        self.num_classes = self.num_classes or self._check_models(loader)
+        return self._compute_teacher_cache(loader)
 
     def _compute_teacher_cache(self, loader: Iterable[Any]) -> Tensor:
         """Every training sample's teacher logits, in one pass over the data set in index order."""

@@ -52,11 +52,29 @@ def config(**changes) -> TrainConfig:
     return TrainConfig(**{**base, **changes})
 
 
-def fit(recipe=DEEPKD, *, epochs=2, run_dir=None, resume=False, overwrite=False, callbacks=(), student_seed=1,
-        dropout=0.0, train_loader=None, **changes):
+def fit(
+    recipe=DEEPKD,
+    *,
+    epochs=2,
+    run_dir=None,
+    resume=False,
+    overwrite=False,
+    callbacks=(),
+    student_seed=1,
+    dropout=0.0,
+    train_loader=None,
+    **changes,
+):
     teacher = mlp(0) if recipe.loss.needs_teacher else None
-    trainer = Trainer(mlp(student_seed, dropout), teacher, recipe, config(epochs=epochs, **changes),
-                      run_dir=run_dir, seed=3, callbacks=callbacks)
+    trainer = Trainer(
+        mlp(student_seed, dropout),
+        teacher,
+        recipe,
+        config(epochs=epochs, **changes),
+        run_dir=run_dir,
+        seed=3,
+        callbacks=callbacks,
+    )
     train, test = loaders() if train_loader is None else (train_loader, loaders()[1])
     return trainer, trainer.fit(train, test, resume=resume, overwrite=overwrite)
 
@@ -66,8 +84,9 @@ def digest(path) -> str:
 
 
 # ------------------------------------------------------------------ one loop for every recipe
-@pytest.mark.parametrize(("loss", "momentum", "mask"),
-                         list(itertools.product(deepkd.LOSSES, deepkd.MOMENTA, deepkd.MASKS)))
+@pytest.mark.parametrize(
+    ("loss", "momentum", "mask"), list(itertools.product(deepkd.LOSSES, deepkd.MOMENTA, deepkd.MASKS))
+)
 def test_every_registered_recipe_trains(loss, momentum, mask):
     recipe = deepkd.compose(loss, momentum, mask)
     before = [p.detach().clone() for p in mlp(1).parameters()]
@@ -324,8 +343,16 @@ def test_callbacks_run_at_the_named_points():
 
     fit(callbacks=[Recorder()])
     epoch = ["step"] * 6
-    assert calls == ["fit_start", "epoch_start 1", *epoch, "epoch_end 1", "epoch_start 2", *epoch, "epoch_end 2",
-                     "fit_end"]
+    assert calls == [
+        "fit_start",
+        "epoch_start 1",
+        *epoch,
+        "epoch_end 1",
+        "epoch_start 2",
+        *epoch,
+        "epoch_end 2",
+        "fit_end",
+    ]
 
 
 # ------------------------------------------------------------------ bad input
@@ -401,8 +428,10 @@ def test_resuming_another_recipe_or_model_is_refused_and_nothing_is_lost(tmp_pat
         (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "corrupt, truncated"),
         (lambda p: p.write_bytes(b"\x00garbage" * 10), "corrupt, truncated"),
         (lambda p: torch.save({**torch.load(p, weights_only=True), "version": "9.0.0"}, p), "major versions differ"),
-        (lambda p: torch.save({k: v for k, v in torch.load(p, weights_only=True).items() if k != "rng"}, p),
-         "lacks rng"),
+        (
+            lambda p: torch.save({k: v for k, v in torch.load(p, weights_only=True).items() if k != "rng"}, p),
+            "lacks rng",
+        ),
     ],
     ids=["truncated", "garbage", "major-version", "missing-key"],
 )
@@ -481,3 +510,32 @@ def test_seed_everything_can_ask_for_deterministic_algorithms():
         assert torch.equal(a, torch.rand(3))
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+def test_precomputed_teacher_logits_equal_the_cache_and_are_checked():
+    import deepkd
+    from deepkd.data import IndexedDataset, synthetic
+    from deepkd.errors import InputError
+    from deepkd.trainer import TrainConfig, Trainer
+
+    data = IndexedDataset(synthetic(48, 4, (6,), seed=0))
+
+    def loader():
+        return torch.utils.data.DataLoader(data, batch_size=16, shuffle=True, generator=torch.Generator())
+
+    def models():
+        torch.manual_seed(0)
+        return torch.nn.Linear(6, 4), torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+
+    recipe = deepkd.compose(loss="kd", momentum="sgd", mask="none")
+    config = TrainConfig(epochs=2, lr=0.1, schedule=deepkd.schedules.Constant(), progress=False, cache_teacher=True)
+    student, teacher = models()
+    Trainer(student, teacher, recipe, config).fit(loader())
+    student2, teacher2 = models()
+    logits = Trainer(student2, teacher2, recipe, config).compute_teacher_logits(loader())
+    assert logits.shape == (48, 4)
+    Trainer(student2, teacher2, recipe, config, teacher_logits=logits).fit(loader())
+    for a, b in zip(student.parameters(), student2.parameters()):
+        assert torch.equal(a, b)
+    with pytest.raises(InputError, match=r"\(48, 4\)"):
+        Trainer(*models(), recipe, config, teacher_logits=logits[:10]).fit(loader())
