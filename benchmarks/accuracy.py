@@ -55,12 +55,12 @@ PROFILES: dict[str, dict[str, Any]] = {
     },
     "default": {
         "datasets": {
-            "fashion_mnist": {"train": 12000, "test": 5000},
-            "fashion_mnist_pairs": {"train": 12000, "test": 5000},
+            "fashion_mnist": {"train": 20000, "test": 5000},
+            "fashion_mnist_pairs": {"train": 20000, "test": 5000},
         },
-        "seeds": 2,
+        "seeds": 3,
         "epochs": 3,
-        "teacher_epochs": 4,
+        "teacher_epochs": 3,
         "methods": None,
     },
     "full": {
@@ -79,12 +79,12 @@ PROFILES: dict[str, dict[str, Any]] = {
 # teacher and student per data set: the student is 5-20x smaller than the teacher
 MODELS: dict[str, dict[str, Any]] = {
     "digits": {"teacher": ("mlp", {"hidden": (256, 256)}), "student": ("mlp", {"hidden": (16,)})},
-    "fashion_mnist": {"teacher": ("small_resnet", {}), "student": ("tiny_cnn", {"width": 8})},
-    "fashion_mnist_pairs": {"teacher": ("small_resnet", {}), "student": ("tiny_cnn", {"width": 8})},
+    "fashion_mnist": {"teacher": ("small_cnn", {}), "student": ("tiny_cnn", {"width": 8})},
+    "fashion_mnist_pairs": {"teacher": ("small_cnn", {}), "student": ("tiny_cnn", {"width": 8})},
 }
 
 BATCH = 128
-LR = 0.05
+LR = 0.1
 METHODS = (
     "ce",
     "kd",
@@ -243,6 +243,7 @@ def run_method(
     teacher: torch.nn.Module | None,
     data: Any,
     epochs: int,
+    teacher_logits: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     train, test, classes = data
     torch.manual_seed(1000 + seed)
@@ -258,6 +259,7 @@ def run_method(
         _config(epochs, cache=needs_teacher),
         seed=seed,
         callbacks=[trace],
+        teacher_logits=teacher_logits if needs_teacher else None,
     )
     history = trainer.fit(train_loader, test_loader)
     return {
@@ -454,6 +456,14 @@ def main(argv: list[str] | None = None, log: Callable[[str], None] | None = None
         from deepkd.trainer import evaluate
 
         t_acc = evaluate(teacher, DataLoader(test, batch_size=512), device=torch.device("cpu"))["test_top1"]
+        # the teacher's logits for every training sample, once: every run reads them by sample index
+        probe = Trainer(
+            _model(dataset, "student", classes, train.tensors[0][:1]),
+            teacher,
+            recipes(classes, 1, 1)["kd"],
+            _config(1, cache=True),
+        )
+        teacher_logits = probe.compute_teacher_logits(_loaders(train, test, indexed=True)[0])
         steps = math.ceil(len(train) / BATCH)
         book = recipes(classes, profile["epochs"], steps)
         meta["datasets"][dataset] = {
@@ -469,7 +479,7 @@ def main(argv: list[str] | None = None, log: Callable[[str], None] | None = None
         }
         for seed in range(profile["seeds"]):
             for method in methods:
-                res = run_method(dataset, method, book[method], seed, teacher, data, profile["epochs"])
+                res = run_method(dataset, method, book[method], seed, teacher, data, profile["epochs"], teacher_logits)
                 print(
                     f"[accuracy] {dataset} {method} seed {seed}: best {res['best_top1']:.4f} "
                     f"final {res['final_top1']:.4f} ({res['seconds']:.1f} s)",

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = speed.machine()
     if args.only in (None, "speed"):
         print(f"== speed benchmark ({args.profile}) ==", file=sys.stderr, flush=True)
-        report = speed.main(common + (["--memory"] if args.profile != "smoke" else []))
+        report = speed.main(common)
         sections.append("## Speed\n\n" + speed.markdown(report["results"]))
     if args.only in (None, "accuracy"):
         print(f"== accuracy benchmark ({args.profile}) ==", file=sys.stderr, flush=True)

@@ -11,7 +11,8 @@ What is measured, per setup:
 - the official code's pattern: three ``backward(retain_graph=True)`` calls and a per-parameter momentum loop;
 - sequential against batched decomposition; ``torch._foreach_*`` against per-tensor updates (and the update alone);
 - teacher logits precomputed (the teacher-logit cache) against a teacher forward; bf16 autocast against float32;
-- optimizer-state memory (buffers and GSNR state) against parameter memory, and peak RSS per recipe (``--memory``).
+- memory per recipe, counted exactly: momentum buffers and GSNR state (kept between steps) and the per-group
+  gradients a step holds, against the parameters' own memory.
 
 Run: ``python -m benchmarks.speed --profile smoke`` (or via ``nox -s bench``).
 """
@@ -37,20 +38,10 @@ from deepkd import momentum as MO
 from deepkd.models import build_model
 
 PROFILES: dict[str, dict[str, Any]] = {
-    # setups: (name, student, teacher, input shape, classes, batch, builder kwargs)
-    "smoke": {"setups": ["small"], "repeats": 2, "steps": 1, "batch": {"small": 32}},
-    "default": {
-        "setups": ["small", "cifar", "resnet18"],
-        "repeats": 3,
-        "steps": 2,
-        "batch": {"small": 128, "cifar": 32, "resnet18": 16},
-    },
-    "full": {
-        "setups": ["small", "cifar", "resnet18"],
-        "repeats": 9,
-        "steps": 5,
-        "batch": {"small": 128, "cifar": 64, "resnet18": 32},
-    },
+    # per setup: batch size, repeats (rounds of the round robin) and steps per timing
+    "smoke": {"setups": {"small": (32, 2, 1)}},
+    "default": {"setups": {"small": (128, 7, 3), "cifar": (32, 3, 2), "resnet18": (16, 3, 2)}},
+    "full": {"setups": {"small": (128, 15, 5), "cifar": (64, 7, 3), "resnet18": (32, 7, 3)}},
 }
 
 SETUPS: dict[str, dict[str, Any]] = {
@@ -154,7 +145,7 @@ def bench_setup(name: str, profile: dict[str, Any], seed: int = 0) -> dict[str, 
     teacher = build_model(cfg["teacher"], classes, **kwargs).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    batch = profile["batch"].get(name, cfg["batch"])
+    batch, repeats, steps = profile["setups"][name]
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, *cfg["shape"], generator=gen)
     y = torch.randint(0, classes, (batch,), generator=gen)
@@ -163,7 +154,7 @@ def bench_setup(name: str, profile: dict[str, Any], seed: int = 0) -> dict[str, 
     params = [p for p in student.parameters()]
     param_bytes = sum(p.numel() * p.element_size() for p in params)
 
-    bench = Bench(profile["repeats"], profile["steps"])
+    bench = Bench(repeats, steps)
     opts: dict[str, deepkd.DistillOptimizer] = {}
 
     def recipe_step(opt: deepkd.DistillOptimizer, cached: bool = False, amp: bool = False) -> Callable[[], None]:
@@ -235,6 +226,10 @@ def bench_setup(name: str, profile: dict[str, Any], seed: int = 0) -> dict[str, 
     times = bench.run()
     kd = times["kd"]
     mom_bytes, gsnr_bytes = _state_bytes(opts["deepkd_gsnr"])
+    memory = {}
+    for rname, opt in opts.items():
+        m, g = _state_bytes(opt)
+        memory[rname] = {"state": m + g, "gradients": len(opt.plan.groups) * param_bytes}
     return {
         "setup": name,
         "student": cfg["student"],
@@ -248,34 +243,8 @@ def bench_setup(name: str, profile: dict[str, Any], seed: int = 0) -> dict[str, 
         "param_bytes": param_bytes,
         "gsnr_state_bytes": gsnr_bytes,
         "momentum_state_bytes": mom_bytes,
+        "memory": memory,
     }
-
-
-def peak_rss(setup: str, recipe: str, profile: str) -> float:
-    """Peak resident memory (MiB) of a fresh process running a few steps of one recipe."""
-    import subprocess
-
-    code = (
-        "import resource, sys, torch; from benchmarks.speed import _rss_probe; "
-        f"_rss_probe({setup!r}, {recipe!r}, {profile!r}); "
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
-
-
-def _rss_probe(setup: str, recipe: str, profile: str) -> None:
-    cfg = SETUPS[setup]
-    torch.manual_seed(0)
-    kwargs = {"in_channels": cfg["shape"][0]} if not cfg["student"].startswith("resnet1") else {}
-    student = build_model(cfg["student"], cfg["classes"], **kwargs)
-    batch = PROFILES[profile]["batch"].get(setup, cfg["batch"])
-    x = torch.randn(batch, *cfg["shape"])
-    y = torch.randint(0, cfg["classes"], (batch,))
-    t = torch.randn(batch, cfg["classes"])
-    opt = RECIPES[recipe].optimizer(student.parameters(), lr=1e-4)
-    for _ in range(3):
-        opt.distill_step(student(x), t, y)
 
 
 def markdown(results: list[dict[str, Any]]) -> str:
@@ -316,9 +285,12 @@ def markdown(results: list[dict[str, Any]]) -> str:
             f"DeepKD {t['deepkd_gsnr[cached teacher]'] / t['deepkd_gsnr']:.3f}; "
             f"bf16 / fp32: KD {t['kd[bf16]'] / t['kd']:.3f}, DeepKD {t['deepkd_gsnr[bf16]'] / t['deepkd_gsnr']:.3f}"
         )
-        if "peak_rss_mib" in res:
-            rss = ", ".join(f"{k} {v:.0f}" for k, v in res["peak_rss_mib"].items())
-            lines.append(f"- peak RSS (MiB, fresh process, 3 steps): {rss}")
+        mib = 2**20
+        mem = ", ".join(f"{k} {(v['state'] + v['gradients']) / mib:.1f}" for k, v in res["memory"].items())
+        lines.append(
+            f"- optimizer memory (MiB; state kept between steps + per-group gradients of a step), "
+            f"parameters {res['param_bytes'] / mib:.1f}: {mem}"
+        )
         lines.append("")
     return "\n".join(lines)
 
@@ -338,7 +310,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", choices=list(PROFILES), default="default")
     parser.add_argument("--setups", nargs="*", help="subset of setups: " + ", ".join(SETUPS))
-    parser.add_argument("--memory", action="store_true", help="also measure peak RSS per recipe (subprocesses)")
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     args = parser.parse_args(argv)
@@ -346,11 +317,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     profile = PROFILES[args.profile]
     results = []
-    for setup in args.setups or profile["setups"]:
+    for setup in args.setups or list(profile["setups"]):
         print(f"[speed] {setup} ...", file=sys.stderr, flush=True)
         res = bench_setup(setup, profile)
-        if args.memory:
-            res["peak_rss_mib"] = {r: peak_rss(setup, r, args.profile) for r in RECIPES}
         results.append(res)
     report = {"machine": machine(), "profile": args.profile, "results": results}
     args.out.mkdir(parents=True, exist_ok=True)
