@@ -140,25 +140,31 @@ def ratios(state: GSNRState, *, beta: float = 0.98) -> Tensor:
 
 
 def ratio(signal: Tensor, noise: Tensor) -> Tensor:
-    """``signal / noise``, clipped to [1e-30, 1e30] (NaN stays NaN)."""
-    if torch.isnan(signal).any():
-        return signal.clone()
-    r = torch.where(noise > 0, signal / noise.clamp_min(1e-300), torch.where(signal > 0, _R_MAX, _R_MIN))
-    return r.clamp(_R_MIN, _R_MAX).cpu()
+    """``signal / noise``, clipped to [1e-30, 1e30].
+
+    NaN where nothing is known: before the first update, and for a component whose gradient has been exactly zero
+    (a masked-out NCKD with K = 1, a part with weight 0), which has no GSNR at all.
+    """
+    r = torch.where(noise > 0, signal / noise.clamp_min(1e-300), torch.full_like(signal, _R_MAX))
+    r = torch.where((signal > 0) | (noise > 0), r.clamp(_R_MIN, _R_MAX), torch.full_like(signal, float("nan")))
+    return r.cpu()
 
 
 def allocate(r: Tensor, delta: float) -> Tensor:
     r"""Momentum offsets :math:`\Delta\, s_c` from GSNR values: the highest GSNR gets :math:`+\Delta`, the lowest
-    :math:`-\Delta`, the others linearly in :math:`\log r`; all zero when every :math:`r_c` is equal (or unknown).
+    :math:`-\Delta`, the others linearly in :math:`\log r`; all zero when every :math:`r_c` is equal. Components with
+    an unknown GSNR (NaN) get 0 and take no part in the scaling.
 
     >>> allocate(torch.tensor([1.0, 10.0, 100.0]), 0.075).tolist()
     [-0.075, 0.0, 0.075]
     """
     log_r = torch.as_tensor(r, dtype=torch.float64).clamp(_R_MIN, _R_MAX).log()
-    if log_r.numel() == 0 or not torch.isfinite(log_r).all():
-        return torch.zeros(log_r.shape, dtype=torch.float64)
-    lo, hi = log_r.min(), log_r.max()
+    known = torch.isfinite(log_r)
+    out = torch.zeros(log_r.shape, dtype=torch.float64)
+    if int(known.sum()) < 2:
+        return out
+    lo, hi = log_r[known].min(), log_r[known].max()
     if float(hi - lo) <= 1e-12:
-        return torch.zeros_like(log_r)
-    s = 2.0 * (log_r - lo) / (hi - lo) - 1.0
-    return delta * s
+        return out
+    out[known] = delta * (2.0 * (log_r[known] - lo) / (hi - lo) - 1.0)
+    return out

@@ -83,7 +83,14 @@ def test_nan_before_first_update_and_zero_variance():
     assert torch.isnan(G.ratios(state)).all()
     state = G.update(state, [[torch.ones(10)], [torch.zeros(10)]])
     r = G.ratios(state)
-    assert r[0] >= 1e29 and r[1] <= 1e-29  # constant gradient: infinite GSNR; zero gradient: zero, both clipped
+    assert r[0] >= 1e29  # a constant gradient: infinite GSNR, clipped
+    assert torch.isnan(r[1])  # an exactly zero gradient has no GSNR
+
+
+def test_allocate_ignores_components_without_gsnr():
+    off = G.allocate(torch.tensor([1.0, 100.0, float("nan")]), 0.075)
+    assert off.tolist() == [-0.075, 0.075, 0.0]
+    assert G.allocate(torch.tensor([5.0, float("nan"), float("nan")]), 0.075).tolist() == [0.0, 0.0, 0.0]
 
 
 @given(st.lists(st.floats(1e-6, 1e6), min_size=2, max_size=4), st.floats(0, 0.1))
