@@ -69,22 +69,24 @@ RECIPES: dict[str, deepkd.Recipe] = {
 class Bench:
     """Round-robin timer of named step functions."""
 
-    def __init__(self, repeats: int, steps: int) -> None:
-        self.repeats, self.steps = repeats, steps
+    def __init__(self, repeats: int, steps: int, sync: Callable[[], None] = lambda: None) -> None:
+        self.repeats, self.steps, self.sync = repeats, steps, sync
         self.variants: dict[str, Callable[[], None]] = {}
 
     def add(self, name: str, fn: Callable[[], None]) -> None:
         self.variants[name] = fn
 
     def run(self) -> dict[str, float]:
-        for fn in self.variants.values():  # warm-up (allocator, lazy init)
+        for fn in self.variants.values():  # warm-up (allocator, lazy init, kernel selection)
             fn()
+        self.sync()
         times: dict[str, list[float]] = {name: [] for name in self.variants}
         for _ in range(self.repeats):
             for name, fn in self.variants.items():
                 start = time.perf_counter()
                 for _ in range(self.steps):
                     fn()
+                self.sync()  # CUDA runs asynchronously: wait for the work before reading the clock
                 times[name].append((time.perf_counter() - start) / self.steps)
         return {name: statistics.median(ts) for name, ts in times.items()}
 
@@ -135,31 +137,33 @@ def _state_bytes(opt: deepkd.DistillOptimizer) -> tuple[int, int]:
     return momentum, gsnr
 
 
-def bench_setup(name: str, profile: dict[str, Any], seed: int = 0) -> dict[str, Any]:
-    cfg = SETUPS[name]
+def bench_setup(name: str, profile: dict[str, Any], seed: int = 0, device: str = "cpu") -> dict[str, Any]:
+    """Time every variant on one setup (``SETUPS[name]``, sizes from ``profile``) on ``device``."""
+    cfg = {**SETUPS[name], **profile.get("overrides", {}).get(name, {})}
+    dev = torch.device(device)
     torch.manual_seed(seed)
     classes = cfg["classes"]
     in_ch = cfg["shape"][0]
     kwargs = {"in_channels": in_ch} if not cfg["student"].startswith("resnet1") else {}
-    student = build_model(cfg["student"], classes, **kwargs)
-    teacher = build_model(cfg["teacher"], classes, **kwargs).eval()
+    student = build_model(cfg["student"], classes, **kwargs).to(dev)
+    teacher = build_model(cfg["teacher"], classes, **kwargs).to(dev).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     batch, repeats, steps = profile["setups"][name]
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, *cfg["shape"], generator=gen)
-    y = torch.randint(0, classes, (batch,), generator=gen)
+    x = torch.randn(batch, *cfg["shape"], generator=gen).to(dev)
+    y = torch.randint(0, classes, (batch,), generator=gen).to(dev)
     with torch.no_grad():
         t_cached = teacher(x)
     params = [p for p in student.parameters()]
     param_bytes = sum(p.numel() * p.element_size() for p in params)
 
-    bench = Bench(repeats, steps)
+    bench = Bench(repeats, steps, sync=torch.cuda.synchronize if dev.type == "cuda" else lambda: None)
     opts: dict[str, deepkd.DistillOptimizer] = {}
 
     def recipe_step(opt: deepkd.DistillOptimizer, cached: bool = False, amp: bool = False) -> Callable[[], None]:
         def step() -> None:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
                 if cached:
                     t = t_cached
                 else:
@@ -230,8 +234,11 @@ def bench_setup(name: str, profile: dict[str, Any], seed: int = 0) -> dict[str, 
     for rname, opt in opts.items():
         m, g = _state_bytes(opt)
         memory[rname] = {"state": m + g, "gradients": len(opt.plan.groups) * param_bytes}
+    peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else None
     return {
         "setup": name,
+        "device": str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),
+        "cuda_peak_bytes": peak,
         "student": cfg["student"],
         "teacher": cfg["teacher"],
         "batch": batch,
@@ -251,8 +258,8 @@ def markdown(results: list[dict[str, Any]]) -> str:
     lines = []
     for res in results:
         lines.append(
-            f"### {res['setup']}: {res['student']} ← {res['teacher']}, batch {res['batch']}, "
-            f"input {'×'.join(map(str, res['input']))}"
+            f"### {res['setup']} ({res.get('device', 'cpu')}): {res['student']} ← {res['teacher']}, "
+            f"batch {res['batch']}, input {'×'.join(map(str, res['input']))}"
         )
         lines.append("")
         lines.append("| variant | products | ms / step | × KD step |")
@@ -301,6 +308,7 @@ def machine() -> dict[str, Any]:
         "torch": torch.__version__,
         "deepkd": deepkd.__version__,
         "cpu": platform.processor() or platform.machine(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "threads": torch.get_num_threads(),
         "device": "cpu",
     }

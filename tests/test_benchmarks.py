@@ -41,3 +41,26 @@ def test_every_method_is_a_valid_recipe_with_the_axis_it_claims():
     assert book["dkd"].loss.warmup == 1
     assert book["deepkd_official"].plan().quirks
     assert accuracy.recipes(classes=10, epochs=240, steps_per_epoch=40)["dkd"].loss.warmup == 20
+
+
+def test_speed_setup_runs_every_variant_with_overrides():
+    """The code path the CPU and GPU speed benchmarks share, on a tiny setup."""
+    from benchmarks import speed
+
+    profile = {"setups": {"small": (4, 1, 1)}, "overrides": {"small": {"shape": (1, 12, 12)}}}
+    res = speed.bench_setup("small", profile, device="cpu")
+    assert res["input"] == [1, 12, 12] and res["batch"] == 4
+    expected = {*speed.RECIPES, "floor[3 products]", "official pattern", "update only[foreach]"}
+    assert expected <= set(res["seconds_per_step"])
+    assert all(t > 0 for t in res["seconds_per_step"].values())
+    assert res["products"] == {
+        "kd": 1,
+        "dkd": 1,
+        "dot": 2,
+        "deepkd_fixed": 2,
+        "deepkd_fixed3": 3,
+        "deepkd_gsnr": 3,
+        "deepkd_official": 3,
+    }
+    assert res["memory"]["deepkd_gsnr"]["gradients"] == 3 * res["param_bytes"]
+    assert "official pattern" in speed.markdown([res])
