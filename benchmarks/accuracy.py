@@ -278,6 +278,29 @@ def run_method(
     }
 
 
+def cache_speedup(dataset: str, data: Any, teacher: torch.nn.Module, teacher_logits: torch.Tensor) -> dict[str, float]:
+    """Seconds for one KD epoch with the teacher-logit cache and without it (teacher forward every step), and for
+    the one-time pass that fills the cache; the same student, data and seed."""
+    train, test, classes = data
+    recipe = recipes(classes, 1, 1)["kd"]
+    out: dict[str, float] = {}
+    for label, cache in (("cached", True), ("teacher_forward", False)):
+        torch.manual_seed(1000)
+        student = _model(dataset, "student", classes, train.tensors[0][:1])
+        loader, _ = _loaders(train, test, indexed=cache)
+        trainer = Trainer(
+            student, teacher, recipe, _config(1, cache=cache), teacher_logits=teacher_logits if cache else None
+        )
+        start = time.perf_counter()
+        trainer.fit(loader)
+        out[label] = time.perf_counter() - start
+    start = time.perf_counter()
+    probe = Trainer(_model(dataset, "student", classes, train.tensors[0][:1]), teacher, recipe, _config(1, cache=True))
+    probe.compute_teacher_logits(_loaders(train, test, indexed=True)[0])
+    out["cache_pass"] = time.perf_counter() - start
+    return out
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else math.nan)
 
@@ -338,6 +361,15 @@ def markdown(summary: dict[str, list[dict[str, Any]]], meta: dict[str, Any]) -> 
             )
         lines.append("")
     lines.append("Mean ± std over seeds; best − KD is paired by seed, mean ± standard error.")
+    for dataset, info in meta["datasets"].items():
+        t = info.get("kd_epoch_seconds")
+        if t:
+            lines.append(
+                f"\nTeacher-logit cache, {dataset}: one KD epoch takes {t['cached']:.2f} s with cached logits and "
+                f"{t['teacher_forward']:.2f} s with a teacher forward per step "
+                f"({t['teacher_forward'] / t['cached']:.2f}x); "
+                f"filling the cache once takes {t['cache_pass']:.2f} s."
+            )
     return "\n".join(lines)
 
 
@@ -443,7 +475,9 @@ def main(argv: list[str] | None = None, log: Callable[[str], None] | None = None
     profile = PROFILES[args.profile]
     methods = args.methods or profile["methods"] or list(METHODS)
     runs: list[dict[str, Any]] = []
-    meta: dict[str, Any] = {"profile": args.profile, "datasets": {}, "skipped": {}}
+    from benchmarks.speed import machine
+
+    meta: dict[str, Any] = {"profile": args.profile, "machine": machine(), "datasets": {}, "skipped": {}}
     for dataset, sizes in profile["datasets"].items():
         try:
             data = load(dataset, sizes)
@@ -466,6 +500,7 @@ def main(argv: list[str] | None = None, log: Callable[[str], None] | None = None
         teacher_logits = probe.compute_teacher_logits(_loaders(train, test, indexed=True)[0])
         steps = math.ceil(len(train) / BATCH)
         book = recipes(classes, profile["epochs"], steps)
+        timing = cache_speedup(dataset, data, teacher, teacher_logits)
         meta["datasets"][dataset] = {
             "teacher": MODELS[dataset]["teacher"][0],
             "student": MODELS[dataset]["student"][0],
@@ -476,6 +511,7 @@ def main(argv: list[str] | None = None, log: Callable[[str], None] | None = None
             "train": len(train),
             "test": len(test),
             "classes": classes,
+            "kd_epoch_seconds": timing,
         }
         for seed in range(profile["seeds"]):
             for method in methods:
