@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from deepkd.optim import DistillOptimizer
 
-__all__ = ["Recipe", "build", "compose"]
+__all__ = ["Recipe", "build", "compose", "same_method"]
 
 cfg.register_axis(LossStrategy, LOSSES)
 cfg.register_axis(MomentumStrategy, MOMENTA)
@@ -114,6 +114,11 @@ class Recipe:
         from deepkd.optim import DistillOptimizer
 
         return DistillOptimizer(params, self, lr=lr, **kwargs)
+
+
+def same_method(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two recipes' plain data (:meth:`Recipe.to_dict`) describe the same method; the ``name`` label aside."""
+    return {k: v for k, v in a.items() if k != "name"} == {k: v for k, v in b.items() if k != "name"}
 
 
 def _resolve(value: Any, registry: Registry[type], field: str) -> Any:

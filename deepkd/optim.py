@@ -32,6 +32,7 @@ from torch import Tensor
 from deepkd import gsnr as G
 from deepkd import masks as M
 from deepkd import momentum as MO
+from deepkd.compose import same_method
 from deepkd.config import structure, unstructure
 from deepkd.decompose import Mode, decompose
 from deepkd.errors import CheckpointError, ConfigError, DeepKDError, InputError, NonFiniteLossError
@@ -379,7 +380,7 @@ class DistillOptimizer(torch.optim.Optimizer):
             raise CheckpointError("this optimizer state was not saved by a deepkd DistillOptimizer (no 'deepkd' entry)")
         mine = unstructure(self.recipe)
         saved = ours.get("recipe")
-        if not isinstance(saved, dict) or _without_name(saved) != _without_name(mine):
+        if not isinstance(saved, dict) or not same_method(saved, mine):
             raise CheckpointError(
                 f"the optimizer state belongs to another recipe: saved {saved}, this optimizer runs {mine}"
             )
@@ -411,11 +412,6 @@ class DistillOptimizer(torch.optim.Optimizer):
         self._mask_epoch = ours["mask_epoch"]
         self._window_steps = int(ours["window_steps"])
         self._pending = None
-
-
-def _without_name(recipe: dict[str, Any]) -> dict[str, Any]:
-    """A recipe's plain data without its label: a renamed recipe still loads its own state."""
-    return {k: v for k, v in recipe.items() if k != "name"}
 
 
 def _expand(grads: Sequence[Tensor], active: Sequence[bool]) -> list[Tensor | None]:

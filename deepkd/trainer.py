@@ -52,7 +52,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from deepkd import config as cfg
 from deepkd.callbacks import Callback
 from deepkd.checkpoint import BEST, FORMAT, LATEST, STUDENT, copy_atomic, load_checkpoint, save_atomic
-from deepkd.compose import Recipe
+from deepkd.compose import Recipe, same_method
 from deepkd.data import augments_randomly
 from deepkd.errors import CheckpointError, ConfigError, DataError, InputError
 from deepkd.logs import JsonlLogger, ProgressBar, TensorBoardLogger
@@ -603,7 +603,7 @@ class Trainer:
         """
         assert self.scheduler is not None, "load_state_dict() is available once fit() has started"
         mine = cfg.unstructure(self.recipe)
-        if state["recipe"] != mine:
+        if not isinstance(state["recipe"], Mapping) or not same_method(state["recipe"], mine):
             raise CheckpointError(
                 f"the checkpoint was written by another recipe: saved {state['recipe']}, this run uses {mine}"
             )

@@ -30,7 +30,7 @@ def test_kd_identity_per_sample(batch, temperature, standardized):
 def test_losses_nonnegative_and_zero_at_teacher(batch, temperature):
     s, t, y = batch
     for loss in (L.kd(s, t, temperature), L.tckd(s, t, y, temperature), L.nckd(s, t, y, temperature)):
-        assert (loss >= -1e-5).all()
+        assert (loss >= -1e-6 * temperature**2).all()  # float32 rounding, scaled by T²
     for loss in (L.kd(t, t, temperature), L.tckd(t, t, y, temperature), L.nckd(t, t, y, temperature)):
         torch.testing.assert_close(loss, torch.zeros_like(loss), atol=1e-5, rtol=0)
 
