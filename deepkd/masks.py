@@ -132,10 +132,10 @@ def dynamic_k(
     return round(k_easy + frac * (k_end - k_easy)), phase
 
 
-def accumulate(state: MaskState, logits: Tensor, target: Tensor) -> MaskState:
-    """Add one batch's training top-1 hits to the open window (stays on device; no synchronisation)."""
-    hits = (logits.detach().argmax(dim=1) == target).sum().to(state.correct)
-    return state._replace(correct=state.correct + hits, seen=state.seen + target.numel())
+def accumulate(state: MaskState, hits: Tensor, samples: int) -> MaskState:
+    """Add one batch's training top-1 ``hits`` (a 0-dim tensor, kept on its device: no synchronisation) out of
+    ``samples`` to the open window."""
+    return state._replace(correct=state.correct + hits.to(state.correct), seen=state.seen + samples)
 
 
 def close_window(state: MaskState) -> tuple[MaskState, float | None]:

@@ -33,7 +33,7 @@ from deepkd import gsnr as G
 from deepkd import masks as M
 from deepkd import momentum as MO
 from deepkd.compose import same_method
-from deepkd.config import structure, unstructure
+from deepkd.config import unstructure
 from deepkd.decompose import Mode, decompose
 from deepkd.errors import CheckpointError, ConfigError, DeepKDError, InputError, NonFiniteLossError
 from deepkd.losses import validate_logits
@@ -211,7 +211,6 @@ class DistillOptimizer(torch.optim.Optimizer):
         names = list(parts)
         values = torch.stack([parts[n].detach().float() for n in names]).tolist()
         bad = [n for n, val in zip(names, values) if not math.isfinite(val)]
-        momenta = self.part_momenta()
         correct = (student_logits.detach().argmax(dim=1) == target).sum()
         if bad:
             if self.nonfinite == "raise":
@@ -224,7 +223,7 @@ class DistillOptimizer(torch.optim.Optimizer):
                 self._steps,
                 math.nan,
                 dict(zip(names, values)),
-                momenta,
+                self.part_momenta(),
                 self._gsnr_dict(),
                 int(self.mask_state.k),
                 M.PHASE_NAMES[int(self.mask_state.phase)],
@@ -235,7 +234,7 @@ class DistillOptimizer(torch.optim.Optimizer):
         self._pending = self._gradients(parts)
         self.step()
         momenta = self.part_momenta()  # the coefficients this step used (GSNR may just have re-allocated them)
-        self.mask_state = M.accumulate(self.mask_state, student_logits, target)
+        self.mask_state = M.accumulate(self.mask_state, correct, target.numel())
         if mask_cfg.window is not None:
             self._window_steps += 1
             if self._window_steps >= mask_cfg.window:
@@ -436,8 +435,8 @@ def _all_reduce_mean(tensors: list[Tensor]) -> None:
         offset += n
 
 
-def _plain(state: Any) -> Any:
-    return {k: v for k, v in state._asdict().items()}
+def _plain(state: Any) -> dict[str, Any]:
+    return dict(state._asdict())
 
 
 def _flat_tensors(obj: Any) -> list[Tensor]:
@@ -463,7 +462,3 @@ def _to(state: Any, device: torch.device) -> Any:
         return x
 
     return type(state)(*(move(x) for x in state))
-
-
-# Plain configs are structured via deepkd.config; keep the import used for type checkers.
-_ = structure

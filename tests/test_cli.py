@@ -77,8 +77,10 @@ def test_train_with_overrides_writes_the_run_directory(tmp_path, capsys):
         ("recipe.momentum.delta=0.05", (["recipe", "momentum", "delta"], 0.05)),
         ("data.name=digits", (["data", "name"], "digits")),
         ("train.progress=true", (["train", "progress"], True)),
-        ('train.schedule={name = "step", milestones = [2]}',
-         (["train", "schedule"], {"name": "step", "milestones": [2]})),
+        (
+            'train.schedule={name = "step", milestones = [2]}',
+            (["train", "schedule"], {"name": "step", "milestones": [2]}),
+        ),
         ("run_dir=runs/a b", (["run_dir"], "runs/a b")),
     ],
 )

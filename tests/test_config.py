@@ -39,16 +39,35 @@ def _dynamic(draw: st.DrawFn) -> deepkd.DynamicMask:
 # One explicit strategy per built-in strategy class; every field drawn across its validator's range.
 STRATEGIES: dict[tuple[str, str], st.SearchStrategy] = {
     ("loss", "ce"): st.builds(deepkd.CE, w_ce=nonneg),
-    ("loss", "kd"): st.builds(deepkd.KD, temperature=positive, w_ce=nonneg, w_kd=nonneg, standardize=st.booleans(),
-                              split=st.sampled_from(["exact", "official"])),
-    ("loss", "dkd"): st.builds(deepkd.DKD, alpha=nonneg, beta=nonneg, temperature=positive,
-                               warmup=st.integers(0, 10_000), w_ce=nonneg, standardize=st.booleans()),
+    ("loss", "kd"): st.builds(
+        deepkd.KD,
+        temperature=positive,
+        w_ce=nonneg,
+        w_kd=nonneg,
+        standardize=st.booleans(),
+        split=st.sampled_from(["exact", "official"]),
+    ),
+    ("loss", "dkd"): st.builds(
+        deepkd.DKD,
+        alpha=nonneg,
+        beta=nonneg,
+        temperature=positive,
+        warmup=st.integers(0, 10_000),
+        w_ce=nonneg,
+        standardize=st.booleans(),
+    ),
     ("momentum", "sgd"): st.builds(deepkd.SGD),
     ("momentum", "dot"): st.builds(deepkd.DOT, delta=offset),
     ("momentum", "fixed"): st.builds(deepkd.Fixed, tog=offset, tcg=offset, ncg=offset, reference_quirks=st.booleans()),
-    ("momentum", "gsnr"): st.builds(deepkd.GSNR, delta=st.floats(0.0, 0.09, **finite), interval=st.integers(1, 10**6),
-                                    estimator=st.sampled_from(["subsampled", "exact"]), fraction=unit_open,
-                                    beta=st.floats(0.0, 1.0, exclude_max=True, **finite), seed=seed),
+    ("momentum", "gsnr"): st.builds(
+        deepkd.GSNR,
+        delta=st.floats(0.0, 0.09, **finite),
+        interval=st.integers(1, 10**6),
+        estimator=st.sampled_from(["subsampled", "exact"]),
+        fraction=unit_open,
+        beta=st.floats(0.0, 1.0, exclude_max=True, **finite),
+        seed=seed,
+    ),
     ("mask", "none"): st.builds(deepkd.NoMask),
     ("mask", "static"): st.builds(deepkd.StaticMask, k=st.none() | st.integers(1, 10_000), fraction=unit_open),
     ("mask", "dynamic"): _dynamic(),
@@ -66,8 +85,10 @@ def _axis(axis: str) -> st.SearchStrategy:
 def recipes(draw: st.DrawFn) -> Recipe:
     loss = draw(_axis("loss"), label="loss")
     momentum = draw(_axis("momentum"), label="momentum")
-    if isinstance(momentum, deepkd.Fixed) and momentum.reference_quirks and tuple(loss.part_names) != (
-        "task", "tckd", "nckd"
+    if (
+        isinstance(momentum, deepkd.Fixed)
+        and momentum.reference_quirks
+        and tuple(loss.part_names) != ("task", "tckd", "nckd")
     ):
         momentum = attrs.evolve(momentum, reference_quirks=False)  # quirks need all three parts (tested below)
     mask = draw(_axis("mask"), label="mask")
@@ -197,14 +218,14 @@ def test_strategy_table_needs_a_name() -> None:
         pytest.param('[loss]\nname = "dkd"\nwarmup = "20"\n', "'20'", "$.loss.warmup", id="warmup-string"),
         pytest.param("name = 3\n", "3", "$.name", id="name-int"),
         pytest.param('[loss]\nname = "kd"\nsplit = "approx"\n', "approx", "$.loss.split", id="literal"),
-        pytest.param('[mask]\nname = "dynamic"\nthresholds = [0.3, "x"]\n', "float", "$.mask.thresholds[1]",
-                     id="tuple-item"),
+        pytest.param(
+            '[mask]\nname = "dynamic"\nthresholds = [0.3, "x"]\n', "float", "$.mask.thresholds[1]", id="tuple-item"
+        ),
         pytest.param("momentum = 3\n", "3", "$.momentum", id="strategy-int"),
         pytest.param('[momentum]\nname = "gsnr"\ndelta = 2\n', "2", "$.momentum.delta", id="delta-range"),
         pytest.param('[momentum]\nname = "gsnr"\ninterval = 0\n', "0", "$.momentum.interval", id="interval-range"),
         pytest.param('[loss]\nname = "kd"\ntemperature = 0.0\n', "0.0", "$.loss.temperature", id="temperature-zero"),
-        pytest.param('[mask]\nname = "dynamic"\neasy = 0.5\ntransition_end = 0.2\n', "0.2", "$.mask",
-                     id="cross-field"),
+        pytest.param('[mask]\nname = "dynamic"\neasy = 0.5\ntransition_end = 0.2\n', "0.2", "$.mask", id="cross-field"),
     ],
 )
 def test_wrong_types_and_values_rejected(text: str, needle: str, path: str) -> None:
@@ -225,8 +246,9 @@ def test_several_errors_reported_at_once() -> None:
         Recipe.from_dict(data)
     lines = info.value.lines
     paths = sorted(line.rsplit(" @ ", 1)[1] for line in lines)
-    assert paths == sorted(["$.loss.standardize", "$.momentum.interval", "$.momentum.delta", "$.momentum.bogus",
-                            "$.mask.name", "$.extra"])
+    assert paths == sorted(
+        ["$.loss.standardize", "$.momentum.interval", "$.momentum.delta", "$.momentum.bogus", "$.mask.name", "$.extra"]
+    )
     assert str(info.value) == "\n".join(lines)
 
 
@@ -261,8 +283,14 @@ def _axis_of(strategy: object) -> str:
 # ----------------------------------------------------------------------------------------------- readability
 def test_str_is_readable() -> None:
     text = str(deepkd.compose(momentum="gsnr", mask="dynamic", name="deepkd-cifar"))
-    for needle in ("'deepkd-cifar'", "gsnr(delta=0.075", "dynamic(thresholds=(0.3, 0.6)", "dkd(alpha=1.0",
-                   "task | tckd | nckd", "3 products"):
+    for needle in (
+        "'deepkd-cifar'",
+        "gsnr(delta=0.075",
+        "dynamic(thresholds=(0.3, 0.6)",
+        "dkd(alpha=1.0",
+        "task | tckd | nckd",
+        "3 products",
+    ):
         assert needle in text, (needle, text)
     assert "object at 0x" not in text and len(text.splitlines()) == 5
     merged = str(deepkd.compose(loss="kd", momentum="sgd", mask="none"))
@@ -274,8 +302,10 @@ def test_str_is_readable() -> None:
 class Mine:
     """A toy momentum strategy: task at μ − shift, everything else at μ + shift."""
 
-    shift: float = attrs.field(default=0.02, validator=[attrs.validators.instance_of(float), attrs.validators.ge(0.0),
-                                                        attrs.validators.lt(0.5)])
+    shift: float = attrs.field(
+        default=0.02,
+        validator=[attrs.validators.instance_of(float), attrs.validators.ge(0.0), attrs.validators.lt(0.5)],
+    )
 
     def plan(self, parts):
         return merged_plan(parts, {p: -self.shift if p == "task" else self.shift for p in parts})

@@ -59,8 +59,9 @@ def _mask_variants() -> list:
         out.append(pytest.param(deepkd.StaticMask(k=1000), id="static-k1000"))
     if "dynamic" in deepkd.MASKS:
         out.append(pytest.param(deepkd.DynamicMask(window=1), id="dynamic-window1"))
-        out.append(pytest.param(deepkd.DynamicMask(thresholds=(0.4, 0.7), easy=0.2, transition_end=0.5),
-                                id="dynamic-imagenet"))
+        out.append(
+            pytest.param(deepkd.DynamicMask(thresholds=(0.4, 0.7), easy=0.2, transition_end=0.5), id="dynamic-imagenet")
+        )
     return out
 
 
@@ -194,8 +195,13 @@ def _buffer_recursion(recipe: deepkd.Recipe, teacher_free: bool) -> None:
             assert all(out.momenta[p] == m for p in group)
             for b_old, b_new, g in zip(old[gi], new[gi], grads[gi]):
                 expected = g if i == 0 else m * b_old + g
-                torch.testing.assert_close(b_new, expected, rtol=1e-5, atol=1e-6,
-                                           msg=lambda s, gi=gi, i=i: f"group {groups[gi]} step {i + 1}: {s}")
+                torch.testing.assert_close(
+                    b_new,
+                    expected,
+                    rtol=1e-5,
+                    atol=1e-6,
+                    msg=lambda s, gi=gi, i=i: f"group {groups[gi]} step {i + 1}: {s}",
+                )
 
 
 @pytest.mark.parametrize("loss", TEACHER_LOSSES)
@@ -249,8 +255,11 @@ def test_raw_states_survive_weights_only_save(momentum: object) -> None:
         assert len(flat_a) == len(flat_b) > 0
         for a, b in zip(flat_a, flat_b):
             assert a.dtype == b.dtype and a.shape == b.shape
-            assert torch.equal(a, b) or (a.is_floating_point() and torch.equal(a.isnan(), b.isnan())
-                                         and torch.equal(a.nan_to_num(), b.nan_to_num()))
+            assert torch.equal(a, b) or (
+                a.is_floating_point()
+                and torch.equal(a.isnan(), b.isnan())
+                and torch.equal(a.nan_to_num(), b.nan_to_num())
+            )
 
 
 def _flat(obj: object) -> list[torch.Tensor]:

@@ -90,7 +90,8 @@ def test_static_k_default_and_clipping():
 def test_window_accumulate_and_close():
     state = deepkd.DynamicMask().init(10)
     logits = torch.eye(10)[:4] * 5
-    state = M.accumulate(state, logits, torch.tensor([0, 1, 0, 0]))  # 2 of 4 right
+    hits = (logits.argmax(dim=1) == torch.tensor([0, 1, 0, 0])).sum()  # 2 of 4 right
+    state = M.accumulate(state, hits, 4)
     state, acc = M.close_window(state)
     assert acc == 0.5 and float(state.seen) == 0 and float(state.accuracy) == 0.5
     state, acc = M.close_window(state)

@@ -100,8 +100,10 @@ def test_schedules_are_tagged_configs():
     ("text", "message"),
     [
         ('schedule = {name = "cosin"}', "Did you mean 'cosine'?"),
-        ('schedule = {name = "step", milestones = [180, 150]}',
-         "strictly increasing, got [180, 150] @ $.schedule.milestones"),
+        (
+            'schedule = {name = "step", milestones = [180, 150]}',
+            "strictly increasing, got [180, 150] @ $.schedule.milestones",
+        ),
         ('schedule = {name = "step", milestone = [150]}', "unknown key 'milestone'"),
         ('schedule = {name = "cosine", warmup_factor = 2.0}', "@ $.schedule.warmup_factor"),
     ],

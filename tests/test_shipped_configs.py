@@ -48,8 +48,12 @@ def test_shipped_config_is_valid(path):
 
 @pytest.mark.parametrize(
     ("pair", "w_ce", "tcg", "ncg"),
-    [("resnet32x4_resnet8x4", 0.5, -0.075, 0.075), ("resnet56_resnet20", 0.1, -0.075, 0.025),
-     ("wrn_40_2_wrn_16_2", 0.6, -0.075, 0.085), ("vgg13_vgg8", 0.1, -0.075, 0.05)],
+    [
+        ("resnet32x4_resnet8x4", 0.5, -0.075, 0.075),
+        ("resnet56_resnet20", 0.1, -0.075, 0.025),
+        ("wrn_40_2_wrn_16_2", 0.6, -0.075, 0.085),
+        ("vgg13_vgg8", 0.1, -0.075, 0.05),
+    ],
 )
 def test_cifar_deepkd_configs_carry_the_published_deltas(pair, w_ce, tcg, ncg):
     config = load_experiment(CONFIGS / "cifar100" / pair / "deepkd.toml")
