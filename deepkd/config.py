@@ -21,7 +21,7 @@ import json
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -229,8 +229,8 @@ def _fmt(path: Path) -> str:
     return suffix[1:]
 
 
-def load(path: str | Path, cls: type[T]) -> T:
-    """Read a ``.toml`` or ``.json`` config file."""
+def load(path: str | Path, cls: type[T], *, transform: Callable[[Any], Any] | None = None) -> T:
+    """Read a ``.toml`` or ``.json`` config file; ``transform`` edits the plain data first (e.g. overrides)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -239,7 +239,12 @@ def load(path: str | Path, cls: type[T]) -> T:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file {str(path)!r}: {exc}") from None
     try:
-        return loads(text, cls, _fmt(path))
+        fmt = _fmt(path)
+        try:
+            data = json.loads(text) if fmt == "json" else tomllib.loads(text)
+        except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot parse {fmt.upper()}: {exc} @ $") from None
+        return structure(transform(data) if transform is not None else data, cls)
     except ConfigError as exc:
         raise ConfigError([f"{line} (in {path})" for line in exc.lines]) from None
 

@@ -33,7 +33,6 @@ Training a teacher is a run whose loss needs no teacher (``loss = "ce"``). Relat
 from __future__ import annotations
 
 import copy
-import json
 import os
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
@@ -161,20 +160,8 @@ def load_experiment(path: str | os.PathLike[str], overrides: Iterable[str] = ())
     Raises:
         ConfigError: unreadable file, malformed override, unknown keys (with the valid ones listed), bad values.
     """
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror or exc}") from None
-    try:
-        data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot parse {str(path)!r}: {exc}") from None
-    data = apply_overrides(data, overrides)
-    try:
-        return cfg.structure(data, ExperimentConfig)
-    except ConfigError as exc:
-        raise ConfigError([f"{line} (in {path})" for line in exc.lines]) from None
+    overrides = list(overrides)
+    return cfg.load(Path(path), ExperimentConfig, transform=lambda data: apply_overrides(data, overrides))
 
 
 def _load_weights(model: nn.Module, spec: ModelConfig, role: str) -> None:

@@ -114,7 +114,7 @@ def test_typos_and_bad_values_exit_2_with_one_clear_line(tmp_path, capsys, overr
 
 def test_missing_config_and_missing_data_exit_2(tmp_path, capsys):
     assert main(["train", str(tmp_path / "nope.toml")]) == 2
-    assert "cannot read config file" in error_line(capsys)
+    assert "nope.toml' does not exist" in error_line(capsys)
     path = write_config(tmp_path)
     assert main(["train", str(path), "data.name=fashion_mnist", "data.options={}", f"data.root={tmp_path}"]) == 2
     assert "Fashion-MNIST train files" in error_line(capsys)
