@@ -213,13 +213,13 @@ def dumps(obj: Any, fmt: str = "toml") -> str:
     raise ValueError(f"format must be 'toml' or 'json', got {fmt!r}")
 
 
-def loads(text: str, cls: type[T], fmt: str = "toml") -> T:
-    """Parse TOML or JSON text into a config of type ``cls``."""
+def loads(text: str, cls: type[T], fmt: str = "toml", *, transform: Callable[[Any], Any] | None = None) -> T:
+    """Parse TOML or JSON text into a config of type ``cls``; ``transform`` edits the plain data first."""
     try:
         data = json.loads(text) if fmt == "json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot parse {fmt.upper()}: {exc} @ $") from None
-    return structure(data, cls)
+    return structure(transform(data) if transform is not None else data, cls)
 
 
 def _fmt(path: Path) -> str:
@@ -239,12 +239,7 @@ def load(path: str | Path, cls: type[T], *, transform: Callable[[Any], Any] | No
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file {str(path)!r}: {exc}") from None
     try:
-        fmt = _fmt(path)
-        try:
-            data = json.loads(text) if fmt == "json" else tomllib.loads(text)
-        except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot parse {fmt.upper()}: {exc} @ $") from None
-        return structure(transform(data) if transform is not None else data, cls)
+        return loads(text, cls, _fmt(path), transform=transform)
     except ConfigError as exc:
         raise ConfigError([f"{line} (in {path})" for line in exc.lines]) from None
 
