@@ -1,39 +1,61 @@
 """Developer sessions: ``nox -s tests``, ``nox -s lint`` and ``nox -s bench``.
 
-Every session installs from ``constraints.txt`` with pip, so torch and torchvision come from the local pins.
+The sessions share one virtual environment, ``.nox/deepkd``. torch and torchvision take about 5.5 GB on disk, so
+one environment per session would need three copies of them; the sessions differ only in which extras they add,
+and pip adds those to the shared environment in a few seconds. Every install goes through ``constraints.txt``, so
+torch and torchvision come from the local pins.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import nox
 
-nox.options.default_venv_backend = "venv"
 nox.options.sessions = ["tests", "lint"]
-nox.options.reuse_existing_virtualenvs = True
 
-CONSTRAINTS = ("-c", "constraints.txt")
+ROOT = Path(__file__).resolve().parent
+ENV = ROOT / ".nox" / "deepkd"
+BIN = ENV / ("Scripts" if sys.platform == "win32" else "bin")
 
 
-@nox.session
+def _environment(session: nox.Session, *extras: str) -> dict[str, str]:
+    """Create the shared environment if needed, install deepkd with ``extras`` into it, return its variables."""
+    python = BIN / "python"
+    if not python.exists():
+        session.log(f"creating the shared environment {ENV}")
+        session.run(sys.executable, "-m", "venv", str(ENV), external=True)
+    spec = f".[{','.join(extras)}]" if extras else "."
+    session.run(
+        str(python), "-m", "pip", "install", "--quiet", "-c", "constraints.txt", "-e", spec, external=True
+    )
+    return {"VIRTUAL_ENV": str(ENV), "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")])}
+
+
+def _run(session: nox.Session, env: dict[str, str], *args: str) -> None:
+    session.run(str(BIN / args[0]), *args[1:], env=env, external=True)
+
+
+@nox.session(venv_backend="none")
 def tests(session: nox.Session) -> None:
     """Run the test suite (hypothesis profile ``ci`` under CI, ``dev`` otherwise)."""
-    session.install(*CONSTRAINTS, "-e", ".[test]")
+    env = _environment(session, "test")
     profile = "ci" if os.environ.get("CI") else os.environ.get("HYPOTHESIS_PROFILE", "dev")
-    session.run("pytest", f"--hypothesis-profile={profile}", *session.posargs)
+    _run(session, env, "pytest", f"--hypothesis-profile={profile}", *session.posargs)
 
 
-@nox.session
+@nox.session(venv_backend="none")
 def lint(session: nox.Session) -> None:
     """Ruff (style and common bugs) and mypy (types) over the package."""
-    session.install(*CONSTRAINTS, "-e", ".[lint]")
-    session.run("ruff", "check", "deepkd", "tests", "baselines", "benchmarks", "noxfile.py")
-    session.run("mypy")
+    env = _environment(session, "lint")
+    _run(session, env, "ruff", "check", "deepkd", "tests", "baselines", "benchmarks", "noxfile.py")
+    _run(session, env, "mypy")
 
 
-@nox.session
+@nox.session(venv_backend="none")
 def bench(session: nox.Session) -> None:
     """Speed and accuracy benchmarks; ``nox -s bench -- --profile smoke|default|full`` (report in bench-results/)."""
-    session.install(*CONSTRAINTS, "-e", ".[bench]")
-    session.run("python", "-m", "benchmarks.run", *session.posargs)
+    env = _environment(session, "bench")
+    _run(session, env, "python", "-m", "benchmarks.run", *session.posargs)
