@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import nox
+from nox.command import CommandFailed
 
 nox.options.sessions = ["tests", "lint"]
 
@@ -28,9 +29,10 @@ def _environment(session: nox.Session, *extras: str) -> dict[str, str]:
         session.log(f"creating the shared environment {ENV}")
         session.run(sys.executable, "-m", "venv", str(ENV), external=True)
     spec = f".[{','.join(extras)}]" if extras else "."
-    session.run(
-        str(python), "-m", "pip", "install", "--quiet", "-c", "constraints.txt", "-e", spec, external=True
-    )
+    try:
+        session.run(str(python), "-m", "pip", "install", "--quiet", "-c", "constraints.txt", "-e", spec, external=True)
+    except CommandFailed:
+        session.error(f"pip could not install {spec} into {ENV}; if that venv is damaged, remove it and run again")
     return {"VIRTUAL_ENV": str(ENV), "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")])}
 
 
