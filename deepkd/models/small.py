@@ -24,51 +24,49 @@ def _conv_bn_relu(in_ch: int, out_ch: int) -> list[nn.Module]:
     return [nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True)]
 
 
-class SmallCNN(ClassifierNet):
+class _ConvStack(ClassifierNet):
+    """``features`` (a conv stack ending in a flattened global average pool) followed by one linear layer."""
+
+    def __init__(self, num_classes: int, feature_dim: int, layers: Sequence[nn.Module]) -> None:
+        super().__init__(num_classes, feature_dim)
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.classifier = nn.Linear(feature_dim, num_classes)
+        init_weights(self)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        out: Tensor = self.features(x)
+        return out
+
+
+class SmallCNN(_ConvStack):
     """Four 3x3 conv-BN-ReLU layers (``w, w, 2w, 2w`` channels) with 2x2 max pooling after the 2nd and 4th,
     global average pooling and a linear layer (~66k parameters at ``width=32``, 10 classes)."""
 
     def __init__(self, num_classes: int, in_channels: int = 1, width: int = 32) -> None:
-        super().__init__(num_classes, 2 * width)
-        self.features = nn.Sequential(
+        layers = [
             *_conv_bn_relu(in_channels, width),
             *_conv_bn_relu(width, width),
             nn.MaxPool2d(2),
             *_conv_bn_relu(width, 2 * width),
             *_conv_bn_relu(2 * width, 2 * width),
             nn.MaxPool2d(2),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-        )
-        self.classifier = nn.Linear(2 * width, num_classes)
-        init_weights(self)
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        out: Tensor = self.features(x)
-        return out
+        ]
+        super().__init__(num_classes, 2 * width, layers)
 
 
-class TinyCNN(ClassifierNet):
+class TinyCNN(_ConvStack):
     """Three 3x3 conv-BN-ReLU layers (``w, 2w, 2w`` channels) with max pooling between them, global average
     pooling and a linear layer: a deliberately small student (~15k parameters at ``width=16``, 10 classes)."""
 
     def __init__(self, num_classes: int, in_channels: int = 1, width: int = 16) -> None:
-        super().__init__(num_classes, 2 * width)
-        self.features = nn.Sequential(
+        layers = [
             *_conv_bn_relu(in_channels, width),
             nn.MaxPool2d(2),
             *_conv_bn_relu(width, 2 * width),
             nn.MaxPool2d(2),
             *_conv_bn_relu(2 * width, 2 * width),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-        )
-        self.classifier = nn.Linear(2 * width, num_classes)
-        init_weights(self)
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        out: Tensor = self.features(x)
-        return out
+        ]
+        super().__init__(num_classes, 2 * width, layers)
 
 
 class SmallResNet(ClassifierNet):
