@@ -10,7 +10,8 @@ treated as constants (detached). Notation: :math:`p = \mathrm{softmax}(z / T)`, 
   distributions and of the non-target distributions, both scaled by :math:`T^2`, so that per sample
   :math:`\mathrm{KD}_i = \mathrm{TCKD}_i + (1 - p^T_{y,i})\,\mathrm{NCKD}_i`.
 
-Numerical care: :math:`\log(1 - p_y)` is a logsumexp over the non-target logits (never ``log(1 - p)``), excluded
+Numerical care: :math:`\log(1 - p_y)` is ``log1p(-p_y)`` for :math:`p_y < 1/2` and a logsumexp over the non-target
+logits otherwise (never ``log(1 - p)``, which is −inf when :math:`p_y \to 1`), excluded
 classes are masked with the dtype's lowest value (not ``-1000``), and zero-probability terms contribute exactly
 zero, so values and gradients stay finite for logits up to ±1e4 and for one-hot teachers.
 
@@ -23,7 +24,8 @@ True
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -31,9 +33,10 @@ from torch import Tensor
 
 from deepkd.errors import InputError
 
-__all__ = ["ce", "dkd", "kd", "nckd", "standardize", "target_prob", "tckd", "validate_logits"]
+__all__ = ["Keep", "MaskForm", "ce", "dkd", "kd", "nckd", "standardize", "target_prob", "tckd", "validate_logits"]
 
 Reduction = Literal["none", "mean", "sum"]
+MaskForm = Literal["bucket", "renormalize"]
 
 
 def validate_logits(student: Tensor, teacher: Tensor | None, target: Tensor | None) -> None:
@@ -117,12 +120,24 @@ def kd(
     return _reduce(temperature**2 * _kl_rows(log_pt, log_ps), reduction)
 
 
+_LOG_HALF = -math.log(2.0)
+
+
 def _binary_log_probs(z: Tensor, target: Tensor, target_mask: Tensor) -> Tensor:
-    """[log p_y, log(1 - p_y)] per row, the second as a logsumexp over the non-target logits."""
+    """[log p_y, log(1 - p_y)] per row.
+
+    log(1 - p_y) is ``log1p(-p_y)`` where p_y < 1/2 and a logsumexp over the non-target logits minus the logsumexp
+    over all of them where p_y ≥ 1/2. Each form is accurate where it is used: the difference of logsumexps cancels
+    when p_y is tiny and the logits are large (at |z| ≈ 46, T = 2 it made TCKD negative), and ``log1p(-p_y)`` is
+    −inf when p_y rounds to 1. The ``log1p`` branch sees log p_y clamped to ≤ log(1/2), so the branch that
+    ``torch.where`` discards stays finite and passes no NaN or inf into the gradient.
+    """
     lse_all = torch.logsumexp(z, dim=1)
     log_py = z.gather(1, target.long()[:, None])[:, 0] - lse_all
     lowest = torch.finfo(z.dtype).min
-    log_rest = torch.logsumexp(z.masked_fill(target_mask, lowest), dim=1) - lse_all
+    log_rest_lse = torch.logsumexp(z.masked_fill(target_mask, lowest), dim=1) - lse_all
+    log_rest_log1p = torch.log1p(-torch.exp(log_py.clamp(max=_LOG_HALF)))
+    log_rest = torch.where(log_py < _LOG_HALF, log_rest_log1p, log_rest_lse)
     return torch.stack([log_py, log_rest], dim=1)
 
 
@@ -147,35 +162,89 @@ def tckd(
     return _reduce(temperature**2 * loss, reduction)
 
 
+class Keep(NamedTuple):
+    """A top-K mask for NCKD: which non-target classes are kept, and what happens to the others.
+
+    Attributes:
+        mask: boolean ``[B, C]``, True for the kept non-target classes (the same set for teacher and student).
+        form: ``"bucket"`` (the masked classes become one "rest" bin in both distributions) or ``"renormalize"``
+            (NCKD over the kept classes alone, the masked ones dropped).
+    """
+
+    mask: Tensor
+    form: MaskForm = "bucket"
+
+
 def nckd(
     student: Tensor,
     teacher: Tensor,
     target: Tensor,
     temperature: float = 4.0,
     *,
-    keep: Tensor | None = None,
+    keep: Tensor | Keep | None = None,
+    form: MaskForm = "bucket",
     standardized: bool = False,
     reduction: Reduction = "none",
 ) -> Tensor:
     r"""Non-target-class KD: :math:`T^2\,\mathrm{KL}(\hat p^T \| \hat p^S)` over the non-target classes.
 
+    With a top-K ``keep`` mask, two forms:
+
+    - ``"bucket"`` (default): the masked classes are merged into one extra bin "rest" in both distributions, its
+      probability the sum of their non-target probabilities (a logsumexp), and NCKD is the KL over the kept classes
+      plus that bin. The teacher's shape over the tail is dropped, its total mass is kept, so the student cannot
+      move mass onto the masked classes for free. Equals plain NCKD when nothing is masked.
+    - ``"renormalize"``: both distributions renormalised over the kept classes alone (the literal reading of the
+      DeepKD paper); the student's mass on the masked classes is then unconstrained.
+
     Args:
-        keep: optional boolean ``[B, C]`` mask of the non-target classes to keep (a top-K mask from
-            :mod:`deepkd.masks`); the same set is used for teacher and student. The target is always excluded.
+        keep: optional boolean ``[B, C]`` mask of the non-target classes to keep, or a :class:`Keep` that also
+            names its form; the same set is used for teacher and student. The target is always excluded.
+        form: the form for a bare boolean ``keep`` (a :class:`Keep` carries its own).
+
+    >>> import torch
+    >>> s, t, y = torch.randn(2, 5), torch.randn(2, 5), torch.tensor([0, 1])
+    >>> everything = torch.ones(2, 5, dtype=torch.bool)
+    >>> torch.allclose(nckd(s, t, y, keep=everything), nckd(s, t, y), atol=1e-6)
+    True
     """
+    mask: Tensor | None = keep.mask if isinstance(keep, Keep) else keep
+    form = keep.form if isinstance(keep, Keep) else form
+    if form not in ("bucket", "renormalize"):
+        raise InputError(f"form must be 'bucket' or 'renormalize', got {form!r}")
     zs = _scaled(student, temperature, standardized)
     zt = _scaled(teacher.detach(), temperature, standardized)
     valid = ~_target_mask(zs, target)
-    if keep is not None:
-        if keep.shape != zs.shape or keep.dtype != torch.bool:
-            raise InputError(
-                f"keep mask must be a bool tensor of shape {tuple(zs.shape)}, got {keep.dtype} {tuple(keep.shape)}"
-            )
-        valid = valid & keep
     lowest = torch.finfo(zs.dtype).min
+    if mask is not None:
+        if mask.shape != zs.shape or mask.dtype != torch.bool:
+            raise InputError(
+                f"keep mask must be a bool tensor of shape {tuple(zs.shape)}, got {mask.dtype} {tuple(mask.shape)}"
+            )
+        if form == "bucket":
+            return _reduce(temperature**2 * _bucket_kl(zs, zt, valid, valid & mask), reduction)
+        valid = valid & mask
     log_ps = F.log_softmax(zs.masked_fill(~valid, lowest), dim=1)
     log_pt = F.log_softmax(zt.masked_fill(~valid, lowest), dim=1)
     return _reduce(temperature**2 * _kl_rows(log_pt, log_ps, valid), reduction)
+
+
+def _bucket_log_probs(z: Tensor, non_target: Tensor, kept: Tensor) -> Tensor:
+    """``[B, C + 1]``: log p̂ of each class (used where kept) and, last, log p̂ of the rest bin."""
+    lowest = torch.finfo(z.dtype).min
+    lse_nt = torch.logsumexp(z.masked_fill(~non_target, lowest), dim=1, keepdim=True)
+    rest = non_target & ~kept
+    lse_rest = torch.logsumexp(z.masked_fill(~rest, lowest), dim=1, keepdim=True)
+    # an empty rest bin: its logsumexp over lowest-valued entries is not -inf, so mask it explicitly
+    lse_rest = torch.where(rest.any(dim=1, keepdim=True), lse_rest, torch.full_like(lse_rest, float("-inf")))
+    return torch.cat([z - lse_nt, lse_rest - lse_nt], dim=1)
+
+
+def _bucket_kl(zs: Tensor, zt: Tensor, non_target: Tensor, kept: Tensor) -> Tensor:
+    """KL over the kept non-target classes plus one "rest" bin holding the other non-target classes' mass."""
+    rest_bin = (non_target & ~kept).any(dim=1, keepdim=True)
+    valid = torch.cat([kept, rest_bin], dim=1)
+    return _kl_rows(_bucket_log_probs(zt, non_target, kept), _bucket_log_probs(zs, non_target, kept), valid)
 
 
 def target_prob(logits: Tensor, target: Tensor, temperature: float = 1.0, *, standardized: bool = False) -> Tensor:
@@ -192,7 +261,7 @@ def dkd(
     alpha: float = 1.0,
     beta: float = 8.0,
     temperature: float = 4.0,
-    keep: Tensor | None = None,
+    keep: Tensor | Keep | None = None,
     standardized: bool = False,
     reduction: Reduction = "none",
 ) -> Tensor:

@@ -35,6 +35,66 @@ def test_losses_nonnegative_and_zero_at_teacher(batch, temperature):
         torch.testing.assert_close(loss, torch.zeros_like(loss), atol=1e-5, rtol=0)
 
 
+def _tckd_float64(s, t, y, temperature):
+    """TCKD in float64 from float64 log-softmaxes: the reference for the float32 implementation."""
+
+    def binary(z):
+        log_p = torch.log_softmax(z.double() / temperature, dim=1)
+        onehot = torch.nn.functional.one_hot(y, z.shape[1]).bool()
+        log_py = log_p[onehot]
+        return torch.stack([log_py, torch.logsumexp(log_p.masked_fill(onehot, -torch.inf), dim=1)], dim=1)
+
+    bt, bs = binary(t), binary(s)
+    pt = bt.exp()
+    return temperature**2 * torch.where(pt > 0, pt * (bt - bs), 0.0).sum(dim=1)
+
+
+@pytest.mark.parametrize("scale", [10.0, 46.0, 100.0])
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0, 8.0])
+def test_tckd_small_target_probability_matches_float64(scale, temperature):
+    """p_y ≪ 1 with large logits: log(1 − p_y) as lse(non-target) − lse(all) cancels in float32 (at |z| ≈ 46, T = 2
+    TCKD came out −4.27e-6 where float64 gives +1.06e-6); log1p(−p_y) does not. The student is near the teacher, so
+    TCKD is tiny and the cancellation (≈ 1e-6·T² and more) would dominate it."""
+    gen = torch.Generator().manual_seed(int(scale * 10 + temperature))
+    b, c = 256, 10
+    y = torch.randint(0, c, (b,), generator=gen)
+    onehot = torch.nn.functional.one_hot(y, c).bool()
+    t = torch.randn(b, c, generator=gen, dtype=torch.float64) * scale
+    top = t.masked_fill(onehot, -torch.inf).max(dim=1).values
+    # the target 7–16 temperature units below the best non-target class: p^T_y ≤ e^-7 ≈ 1e-3
+    t[torch.arange(b), y] = top - temperature * (7 + 9 * torch.rand(b, generator=gen, dtype=torch.float64))
+    s = t + 0.5 * temperature * torch.randn(b, c, generator=gen, dtype=torch.float64)
+    s, t = s.float(), t.float()  # the float64 reference sees exactly the float32 inputs
+    assert (L.target_prob(t, y, temperature) < 1e-2).all() and (L.target_prob(s, y, temperature) < 0.5).all()
+    expected = _tckd_float64(s, t, y, temperature)
+    s = s.requires_grad_()
+    got = L.tckd(s, t, y, temperature)
+    assert (got >= 0).all()
+    torch.testing.assert_close(got.double(), expected, atol=1e-7 * temperature**2, rtol=1e-2)
+    (grad,) = torch.autograd.grad(got.sum(), s)
+    s64 = s.detach().double().requires_grad_()
+    (grad64,) = torch.autograd.grad(_tckd_float64(s64, t, y, temperature).sum(), s64)
+    torch.testing.assert_close(grad.double(), grad64, atol=1e-6 * temperature, rtol=1e-3)
+
+
+@pytest.mark.parametrize("scale", [1e2, 1e3, 1e4])
+def test_tckd_gradient_finite_at_both_ends_of_the_target_probability(scale):
+    """Student p_y → 1 and p_y → 0 (both log(1 − p_y) forms in use), one-hot teachers right and wrong."""
+    c = 10
+    y = torch.arange(8) % c
+    right = torch.full((8, c), -scale)
+    right[torch.arange(8), y] = scale
+    wrong = torch.full((8, c), -scale)
+    wrong[torch.arange(8), (y + 1) % c] = scale
+    for student in (right, wrong, torch.cat([right[:4], wrong[4:]])):
+        for teacher in (right, wrong):
+            s = student.clone().requires_grad_()
+            value = L.tckd(s, teacher, y, 4.0)
+            assert torch.isfinite(value).all() and (value >= 0).all()
+            (g,) = torch.autograd.grad(value.sum(), s)
+            assert torch.isfinite(g).all()
+
+
 def _p(z, temperature):
     return torch.softmax(z.double() / temperature, dim=1)
 
@@ -70,7 +130,7 @@ def test_nckd_gradient_is_zero_on_masked_classes(batch, k):
     s, t, y = batch
     keep = topk_keep_mask(t, y, k)
     s = s.clone().requires_grad_()
-    (g,) = torch.autograd.grad(L.nckd(s, t, y, 4.0, keep=keep).sum(), s)
+    (g,) = torch.autograd.grad(L.nckd(s, t, y, 4.0, keep=keep, form="renormalize").sum(), s)
     if keep is None:
         assert k >= s.shape[1] - 1
         return
@@ -138,12 +198,21 @@ def test_kd_split_adds_up_to_kd_loss(batch, temperature, w_ce, w_kd, standardize
 
 
 def test_official_split_multiplies_batch_means():
+    """The official code: tckd = mean TCKD, nckd = mean(1 − p^T_y)·mean NCKD, task = w_ce·CE, and its KD path never
+    reads the KD weight, so the distillation weight is 1 whatever w_kd says."""
     gen = torch.Generator().manual_seed(3)
     s, t = torch.randn(6, 5, generator=gen) * 3, torch.randn(6, 5, generator=gen) * 3
     y = torch.tensor([0, 1, 2, 3, 4, 0])
     official = deepkd.KD(split="official").parts(s, t, y)
     rest = 1 - L.target_prob(t, y, 4.0)
-    torch.testing.assert_close(official["nckd"], 0.9 * rest.mean() * L.nckd(s, t, y).mean())
+    torch.testing.assert_close(official["tckd"], L.tckd(s, t, y).mean())
+    torch.testing.assert_close(official["nckd"], rest.mean() * L.nckd(s, t, y).mean())
+    torch.testing.assert_close(official["task"], 0.1 * L.ce(s, y).mean())
+    for w_kd in (0.0, 0.2, 0.5, 2.0):  # w_kd changes nothing; w_ce still weights the task part
+        other = deepkd.KD(split="official", w_kd=w_kd, w_ce=0.5).parts(s, t, y)
+        torch.testing.assert_close(other["tckd"], official["tckd"], rtol=0, atol=0)
+        torch.testing.assert_close(other["nckd"], official["nckd"], rtol=0, atol=0)
+        torch.testing.assert_close(other["task"], 0.5 * L.ce(s, y).mean())
     exact = deepkd.KD().parts(s, t, y)
     assert not torch.allclose(official["nckd"], exact["nckd"])  # the official split does not add up to KD
 
