@@ -12,7 +12,10 @@ What is measured, per setup:
 - sequential against batched decomposition; ``torch._foreach_*`` against per-tensor updates (and the update alone);
 - teacher logits precomputed (the teacher-logit cache) against a teacher forward; bf16 autocast against float32;
 - memory per recipe, counted exactly: momentum buffers and GSNR state (kept between steps) and the per-group
-  gradients a step holds, against the parameters' own memory.
+  gradients a step holds, against the parameters' own memory;
+- the GSNR estimator's cost: a step that estimates GSNR (``interval=1``: the split estimator's extra gradient
+  products on every step) against the same recipe between estimates; the amortised cost at an interval of N steps
+  is the difference divided by N, as a share of the step.
 
 Run: ``python -m benchmarks.speed --profile smoke`` (or via ``nox -s bench``).
 """
@@ -29,6 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 import torch
 from torch import nn
 
@@ -184,6 +188,8 @@ def bench_setup(name: str, profile: dict[str, Any], seed: int = 0, device: str =
         recipe_step(gsnr_recipe.optimizer(student.parameters(), lr=1e-4, decomposition="batched")),
     )
     bench.add("deepkd_gsnr[foreach]", recipe_step(gsnr_recipe.optimizer(student.parameters(), lr=1e-4, foreach=True)))
+    every = gsnr_recipe.replace(momentum=attrs.evolve(gsnr_recipe.momentum, interval=1))
+    bench.add("deepkd_gsnr[estimate every step]", recipe_step(every.optimizer(student.parameters(), lr=1e-4)))
     bench.add("kd[cached teacher]", recipe_step(RECIPES["kd"].optimizer(student.parameters(), lr=1e-4), cached=True))
     bench.add(
         "deepkd_gsnr[cached teacher]", recipe_step(gsnr_recipe.optimizer(student.parameters(), lr=1e-4), cached=True)
@@ -281,6 +287,12 @@ def markdown(results: list[dict[str, Any]]) -> str:
         lines.append(
             f"- GSNR cost: gsnr step / fixed 3-product step = {t['deepkd_gsnr'] / t['deepkd_fixed3']:.3f}; "
             f"GSNR state = {100 * res['gsnr_state_bytes'] / res['param_bytes']:.2f}% of parameter memory"
+        )
+        extra = t["deepkd_gsnr[estimate every step]"] / t["deepkd_gsnr"] - 1
+        interval = deepkd.GSNR().interval
+        lines.append(
+            f"- GSNR estimate: a step that estimates costs {1 + extra:.3f}× one that does not; amortised over the "
+            f"default interval of {interval} steps: {100 * extra / interval:+.2f}% of a DeepKD step"
         )
         lines.append(
             f"- batched / sequential: {t['deepkd_gsnr[batched]'] / t['deepkd_gsnr']:.3f}; "

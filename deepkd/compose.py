@@ -2,8 +2,8 @@
 
 >>> import deepkd
 >>> r = deepkd.compose(momentum="gsnr", mask="dynamic")
->>> r.momentum
-GSNR(delta=0.075, interval=200, estimator='subsampled', fraction=0.005, beta=0.98, seed=0)
+>>> r.momentum.estimator, r.momentum.allocation, r.mask.form
+('split', 'tanh', 'bucket')
 >>> deepkd.compose(loss="kd", momentum="sgd", mask="none").plan().groups
 (('task', 'tckd', 'nckd'),)
 """

@@ -28,6 +28,7 @@ Each update has a per-tensor reference path and a ``torch._foreach_*`` path, tes
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Literal, NamedTuple, Protocol
 
@@ -302,28 +303,43 @@ class Fixed:
 @register_momentum("gsnr")
 @attrs.frozen(kw_only=True)
 class GSNR:
-    """DeepKD's GSNR-driven momentum: offsets Δ·s_c from each component's measured GSNR (:mod:`deepkd.gsnr`).
+    """DeepKD's GSNR-driven momentum: each component's coefficient rises with its measured GSNR (:mod:`deepkd.gsnr`).
 
     Attributes:
-        delta: Δ; the highest-GSNR component gets μ + Δ and the lowest μ − Δ.
-        interval: recompute the coefficients every ``interval`` steps (all use μ before the first estimate).
-        estimator: ``"subsampled"`` (a fixed random ``fraction`` of each tensor's coordinates) or ``"exact"``.
-        beta: decay of the moving averages of g and g².
-        seed: seed of the coordinate subset.
+        delta: Δ, the largest offset from μ.
+        interval: estimate GSNR and re-allocate the coefficients every ``interval`` steps (all use μ before the first
+            estimate).
+        estimator: ``"split"`` (default: at fixed parameters, from ``splits`` disjoint parts of the batch at each
+            estimation step) or ``"stream"`` (moving averages of every step's gradients; reads drift as noise).
+        splits: parts of the batch for the split estimator (each costs one gradient product per component, at
+            estimation steps only).
+        allocation: ``"tanh"`` (default: Δ·tanh((log r_c − mean log r) / scale), rank-free and continuous) or
+            ``"minmax"`` (the highest GSNR gets +Δ, the lowest −Δ, whatever their ratio).
+        scale: s of the tanh allocation, in natural-log units of GSNR (ln 10: one decade above the mean gives
+            about 0.76 Δ).
+        beta: decay of the moving average over estimates (split) or steps (stream); ``None``: 0.5 for split,
+            0.98 for stream.
+        fraction: share of each tensor's coordinates sampled by the stream estimator (1 = all); the split estimator
+            always uses every coordinate (it stores two numbers per component).
+        seed: seed of the stream estimator's coordinate subset.
     """
 
     delta: float = attrs.field(default=0.075, validator=real(ge=0.0, lt=1.0))
     interval: int = attrs.field(default=200, validator=integer(ge=1))
-    estimator: Literal["subsampled", "exact"] = attrs.field(
-        default="subsampled", validator=v.in_(("subsampled", "exact"))
-    )
+    estimator: Literal["split", "stream"] = attrs.field(default="split", validator=v.in_(("split", "stream")))
+    splits: int = attrs.field(default=2, validator=integer(ge=2))
+    allocation: Literal["tanh", "minmax"] = attrs.field(default="tanh", validator=v.in_(("tanh", "minmax")))
+    scale: float = attrs.field(default=math.log(10.0), validator=real(gt=0.0))
+    beta: float | None = attrs.field(default=None, validator=v.optional(real(ge=0.0, lt=1.0)))
     fraction: float = attrs.field(default=0.005, validator=real(gt=0.0, le=1.0))
-    beta: float = attrs.field(default=0.98, validator=real(ge=0.0, lt=1.0))
     seed: int = attrs.field(default=0, validator=integer(ge=0, lt=2**63))
 
     @property
-    def sample_fraction(self) -> float:
-        return 1.0 if self.estimator == "exact" else float(self.fraction)
+    def decay(self) -> float:
+        """``beta``, or the estimator's default when it is ``None``."""
+        if self.beta is not None:
+            return float(self.beta)
+        return 0.5 if self.estimator == "split" else 0.98
 
     def plan(self, parts: Sequence[str]) -> Plan:
         groups = tuple((p,) for p in parts)
@@ -332,4 +348,4 @@ class GSNR:
 
     def allocate(self, ratios: Tensor) -> tuple[float, ...]:
         """Offsets from the GSNR of each group."""
-        return tuple(float(o) for o in allocate(ratios, self.delta))
+        return tuple(float(o) for o in allocate(ratios, self.delta, self.allocation, self.scale))

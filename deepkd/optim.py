@@ -9,6 +9,10 @@ schedule, the GSNR estimate and the momentum buffers, and moves the parameters. 
 current momentum coefficients, GSNR values, K and phase. Param groups, ``torch.optim.lr_scheduler`` and
 ``state_dict``/``load_state_dict`` work as with any optimizer.
 
+``epoch`` (counted from 1) is required when the recipe's loss depends on it (DKD's warm-up): a missing epoch raises
+instead of silently holding the warm-up at its first value. The mask schedule and the GSNR estimates follow steps
+and need no epoch.
+
 >>> import torch, deepkd
 >>> student = torch.nn.Linear(8, 5)
 >>> opt = deepkd.compose(loss="kd", momentum="dot", mask="none").optimizer(student.parameters(), lr=0.1)
@@ -36,7 +40,7 @@ from deepkd.compose import same_method
 from deepkd.config import unstructure
 from deepkd.decompose import Mode, decompose
 from deepkd.errors import CheckpointError, ConfigError, DeepKDError, InputError, NonFiniteLossError
-from deepkd.losses import validate_logits
+from deepkd.losses import Keep, validate_logits
 
 if TYPE_CHECKING:
     from deepkd.compose import Recipe
@@ -53,7 +57,8 @@ class StepOutput:
         loss: the total loss (sum of the parts).
         parts: each loss part's value.
         momenta: each part's momentum coefficient (first param group).
-        gsnr: each gradient group's GSNR estimate, when GSNR is tracked (NaN before the first estimate).
+        gsnr: each gradient group's GSNR estimate (per sample), when GSNR is tracked (NaN before the first
+            estimate).
         k: the mask's K (C − 1 when no masking) and ``phase`` its phase name.
         correct: top-1 hits of this batch (a 0-dim tensor, not synchronised).
         skipped: True when a non-finite loss was skipped under ``nonfinite="skip"``.
@@ -80,7 +85,8 @@ class DistillOptimizer(torch.optim.Optimizer):
             :class:`torch.optim.SGD`; ``momentum`` is μ, around which the strategy places each buffer's coefficient.
         decomposition: ``"sequential"`` or ``"batched"`` gradient products (:mod:`deepkd.decompose`).
         foreach: use the ``torch._foreach_*`` update kernels; ``None`` picks them for CUDA parameters.
-        track_gsnr: estimate GSNR per gradient group for logging even when the strategy does not use it.
+        track_gsnr: estimate GSNR per gradient group for logging even when the strategy does not use it (with
+            the default :class:`~deepkd.momentum.GSNR` estimator settings).
         nonfinite: ``"raise"`` (default) raises :class:`NonFiniteLossError` naming the step and the part;
             ``"skip"`` leaves parameters and buffers untouched and reports ``skipped=True``.
         sync_grads: all-reduce (average) each group's gradients across ranks; ``None`` does so when
@@ -119,11 +125,12 @@ class DistillOptimizer(torch.optim.Optimizer):
         gsnr_cfg = self.plan.gsnr if self.plan.gsnr is not None else (MO.GSNR() if track_gsnr else None)
         self._gsnr_cfg: MO.GSNR | None = gsnr_cfg
         self._momentum_states: list[MO.MomentumState] = []
-        self._gsnr_states: list[G.GSNRState] = []
+        self._gsnr_states: list[G.GSNRState] = []  # the stream estimator's moments, one state per param group
+        self._split_state: G.SplitState | None = (
+            G.split_init(len(self.plan.groups)) if gsnr_cfg is not None and gsnr_cfg.estimator == "split" else None
+        )
         self.offsets: tuple[float, ...] = self.plan.offsets
         self.mask_state: M.MaskState | None = None
-        self._mask_epoch: int | None = None
-        self._window_steps = 0
         self._pending: tuple[list[list[list[Tensor]]], list[list[bool]]] | None = None
         self._steps = 0
         self.last_gsnr: Tensor | None = None
@@ -137,12 +144,10 @@ class DistillOptimizer(torch.optim.Optimizer):
         self._validate_group(group, len(self.param_groups) - 1)
         params = group["params"]
         self._momentum_states.append(MO.init(params, len(self.plan.groups)))
-        if self._gsnr_cfg is not None:
+        if self._gsnr_cfg is not None and self._gsnr_cfg.estimator == "stream":
             cfg = self._gsnr_cfg
             self._gsnr_states.append(
-                G.init(
-                    params, len(self.plan.groups), fraction=cfg.sample_fraction, seed=cfg.seed + len(self._gsnr_states)
-                )
+                G.init(params, len(self.plan.groups), fraction=cfg.fraction, seed=cfg.seed + len(self._gsnr_states))
             )
 
     def _validate_group(self, group: dict[str, Any], index: int) -> None:
@@ -189,10 +194,14 @@ class DistillOptimizer(torch.optim.Optimizer):
         return {part: round(c, 12) for g, c in zip(self.plan.groups, coeffs) for part in g}
 
     def distill_step(
-        self, student_logits: Tensor, teacher_logits: Tensor | None, target: Tensor, *, epoch: int = 1
+        self, student_logits: Tensor, teacher_logits: Tensor | None, target: Tensor, *, epoch: int | None = None
     ) -> StepOutput:
-        """Build the loss parts, decompose their gradients, and apply one update. See the module docstring."""
+        """Build the loss parts, decompose their gradients, and apply one update. See the module docstring.
+
+        ``epoch`` counts from 1; it is required when the loss depends on it (``uses_epoch``, e.g. DKD's warm-up).
+        """
         loss_cfg, mask_cfg = self.recipe.loss, self.recipe.mask
+        epoch = self._check_epoch(epoch)
         if self.check_inputs:
             validate_logits(student_logits, teacher_logits, target)
         if teacher_logits is None and loss_cfg.needs_teacher:
@@ -202,11 +211,7 @@ class DistillOptimizer(torch.optim.Optimizer):
             self.mask_state = mask_cfg.init(classes)
         elif self.check_inputs and int(self.mask_state.k) > classes - 1 and self.mask_state.phase.item() != M.HARD:
             raise InputError(f"this optimizer was set up for more classes than the {classes} of these logits")
-        if mask_cfg.window is None:
-            if self._mask_epoch is not None and epoch != self._mask_epoch:
-                self.close_accuracy_window(classes)
-            self._mask_epoch = epoch
-        keep = M.keep_mask(self.mask_state, teacher_logits, target) if teacher_logits is not None else None
+        keep = None if teacher_logits is None else M.keep_mask(self.mask_state, teacher_logits, target, mask_cfg.form)
         parts = loss_cfg.parts(student_logits, teacher_logits, target, epoch=epoch, keep=keep)
         names = list(parts)
         values = torch.stack([parts[n].detach().float() for n in names]).tolist()
@@ -231,14 +236,12 @@ class DistillOptimizer(torch.optim.Optimizer):
                 True,
             )
 
+        if self._split_state is not None and (self._steps + 1) % self._gsnr_cfg.interval == 0:  # type: ignore[union-attr]
+            self._estimate_gsnr(student_logits, teacher_logits, target, epoch, keep)
         self._pending = self._gradients(parts)
         self.step()
         momenta = self.part_momenta()  # the coefficients this step used (GSNR may just have re-allocated them)
-        self.mask_state = M.accumulate(self.mask_state, correct, target.numel())
-        if mask_cfg.window is not None:
-            self._window_steps += 1
-            if self._window_steps >= mask_cfg.window:
-                self.close_accuracy_window(classes)
+        self.mask_state = mask_cfg.observe(self.mask_state, correct, target.numel(), classes)
         return StepOutput(
             step=self._steps,
             loss=float(sum(values)),
@@ -250,15 +253,42 @@ class DistillOptimizer(torch.optim.Optimizer):
             correct=correct,
         )
 
-    def close_accuracy_window(self, num_classes: int) -> float | None:
-        """Close the mask's accuracy window now and advance the schedule; returns the window's accuracy."""
-        if self.mask_state is None:
-            return None
-        self.mask_state, acc = M.close_window(self.mask_state)
-        self._window_steps = 0
-        if acc is not None:
-            self.mask_state = self.recipe.mask.advance(self.mask_state, acc, num_classes)
-        return acc
+    def _check_epoch(self, epoch: int | None) -> int:
+        if epoch is None:
+            if getattr(self.recipe.loss, "uses_epoch", True):
+                name = getattr(self.recipe.loss, "strategy_name", type(self.recipe.loss).__name__)
+                raise InputError(
+                    f"the {name!r} loss depends on the epoch (e.g. DKD's warm-up): pass "
+                    "distill_step(..., epoch=e) with e counted from 1"
+                )
+            return 1
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+            raise InputError(f"epoch must be an integer >= 1 (epochs count from 1), got {epoch!r}")
+        return epoch
+
+    def _estimate_gsnr(
+        self, student: Tensor, teacher: Tensor | None, target: Tensor, epoch: int, keep: Keep | None
+    ) -> None:
+        """The split estimator: each gradient group's gradient on disjoint parts of the batch, same parameters."""
+        cfg = self._gsnr_cfg
+        assert cfg is not None and self._split_state is not None
+        n = target.shape[0]
+        if n < cfg.splits:
+            return
+        flat = [p for g in self.param_groups for p in g["params"] if p.requires_grad]
+        chunks = torch.arange(n, device=target.device).chunk(cfg.splits)
+        grads = []
+        for idx in chunks:
+            sub_keep = None if keep is None else keep._replace(mask=keep.mask[idx])
+            sub_teacher = None if teacher is None else teacher[idx]
+            parts = self.recipe.loss.parts(student[idx], sub_teacher, target[idx], epoch=epoch, keep=sub_keep)
+            grads.append(decompose(parts, self.plan.groups, flat, mode=self.decomposition, retain_graph=True))
+        signal, noise = G.split_sums(grads, [len(i) for i in chunks])
+        if self._should_sync():  # every rank must allocate the same coefficients
+            sums = torch.stack([signal, noise]).to(flat[0].device if flat else "cpu")
+            dist.all_reduce(sums)
+            signal, noise = (sums / dist.get_world_size()).double().cpu()
+        self._split_state = G.split_update(self._split_state, signal, noise, beta=cfg.decay)
 
     def _gradients(self, parts: dict[str, Tensor]) -> tuple[list[list[list[Tensor]]], list[list[bool]]]:
         active = [[bool(p.requires_grad) for p in g["params"]] for g in self.param_groups]
@@ -293,7 +323,7 @@ class DistillOptimizer(torch.optim.Optimizer):
         grads, active = self._pending
         self._pending = None
         if self._gsnr_states:
-            beta = self._gsnr_cfg.beta  # type: ignore[union-attr]
+            beta = self._gsnr_cfg.decay  # type: ignore[union-attr]
             for i, (gstate, act) in enumerate(zip(self._gsnr_states, active)):
                 if all(act):
                     self._gsnr_states[i] = G.update(gstate, grads[i], beta=beta)
@@ -335,14 +365,16 @@ class DistillOptimizer(torch.optim.Optimizer):
     # ------------------------------------------------------------------ read-outs
     def gsnr(self) -> Tensor | None:
         """The current GSNR estimate of each gradient group over all parameters (float64), or ``None``."""
+        if self._split_state is not None:
+            return G.split_ratios(self._split_state, beta=self._gsnr_cfg.decay)  # type: ignore[union-attr]
         if not self._gsnr_states:
             return None
-        beta = self._gsnr_cfg.beta  # type: ignore[union-attr]
+        beta = self._gsnr_cfg.decay  # type: ignore[union-attr]
         sums = [G.sums(s, beta=beta) for s in self._gsnr_states]
         return G.ratio(sum(s for s, _ in sums), sum(n for _, n in sums))  # type: ignore[arg-type]
 
     def _gsnr_dict(self) -> dict[str, float] | None:
-        if not self._gsnr_states:
+        if not self._gsnr_states and self._split_state is None:
             return None
         r = self.gsnr() if self.plan.gsnr is None else self.last_gsnr
         if r is None:
@@ -366,10 +398,9 @@ class DistillOptimizer(torch.optim.Optimizer):
             "offsets": list(self.offsets),
             "momentum": [_plain(s) for s in self._momentum_states],
             "gsnr": [_plain(s) for s in self._gsnr_states],
+            "gsnr_split": None if self._split_state is None else _plain(self._split_state),
             "last_gsnr": self.last_gsnr,
             "mask": None if self.mask_state is None else _plain(self.mask_state),
-            "mask_epoch": self._mask_epoch,
-            "window_steps": self._window_steps,
         }
         return sd
 
@@ -386,6 +417,7 @@ class DistillOptimizer(torch.optim.Optimizer):
         try:
             momentum = [MO.MomentumState(**s) for s in ours["momentum"]]
             gsnr = [G.GSNRState(**s) for s in ours["gsnr"]]
+            split = None if ours["gsnr_split"] is None else G.SplitState(**ours["gsnr_split"])
             mask = None if ours["mask"] is None else M.MaskState(**ours["mask"])
         except (KeyError, TypeError) as exc:
             raise CheckpointError(f"the optimizer state is incomplete or malformed: {exc}") from None
@@ -397,6 +429,10 @@ class DistillOptimizer(torch.optim.Optimizer):
             _check_shapes(old, new, "momentum buffer")
         for old_g, new_g in zip(self._gsnr_states, gsnr):
             _check_shapes(old_g, new_g, "GSNR state")
+        if (split is None) != (self._split_state is None) or (
+            split is not None and self._split_state is not None and split.signal.shape != self._split_state.signal.shape
+        ):
+            raise CheckpointError("the saved GSNR estimator state does not match this optimizer's GSNR estimator")
         try:
             super().load_state_dict({"state": {}, "param_groups": state_dict["param_groups"]})
         except (ValueError, KeyError) as exc:
@@ -404,12 +440,11 @@ class DistillOptimizer(torch.optim.Optimizer):
         device = lambda s: s.step.device
         self._momentum_states = [_to(new, device(old)) for old, new in zip(self._momentum_states, momentum)]
         self._gsnr_states = [_to(new, device(old)) for old, new in zip(self._gsnr_states, gsnr)]
+        self._split_state = split
         self.mask_state = mask
         self._steps = int(ours["steps"])
         self.offsets = tuple(float(o) for o in ours["offsets"])
         self.last_gsnr = ours["last_gsnr"]
-        self._mask_epoch = ours["mask_epoch"]
-        self._window_steps = int(ours["window_steps"])
         self._pending = None
 
 

@@ -21,7 +21,7 @@ Semantics worth knowing:
   every forward pass, so neither ``trainer.student.train()`` nor a stray ``teacher.train()`` changes its outputs.
   The student trains in train mode (its BatchNorm updates) and is evaluated in eval mode.
 - The learning rate follows ``config.schedule`` per step (:mod:`deepkd.schedules`); the DKD warm-up gets the epoch
-  (from 1); the dynamic mask's accuracy window closes at each epoch end (unless the mask sets its own ``window``).
+  (from 1); the dynamic mask follows a moving average of the training accuracy over steps.
 - Data order is a pure function of ``(seed, epoch)``: the loader's generator (and its sampler's) is re-seeded with
   ``seed * 1000003 + epoch`` before each epoch, so resuming needs no loader state. With a ``run_dir``, each epoch
   ends with ``latest.pt``, ``best.pt`` and ``student.pt`` written atomically (:mod:`deepkd.checkpoint`), and
@@ -460,8 +460,6 @@ class Trainer:
             self._call("on_step_end", out)
         if meter.last is None:
             raise DataError("the train_loader yielded no batches this epoch")
-        if self.recipe.mask.window is None:  # a per-epoch accuracy window closes at the epoch boundary
-            self.optimizer.close_accuracy_window(self.num_classes)
         return {"kind": "epoch", "epoch": self.epoch, "step": self.global_step, "lr": self.last_lr, **meter.summary()}
 
     def evaluate(self, loader: Iterable[Any]) -> dict[str, float]:

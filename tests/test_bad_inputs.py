@@ -39,7 +39,10 @@ def _step(student=None, teacher=..., target=None, recipe=None) -> None:
     opt = _opt(recipe, model)
     x, t, y = _batch()
     opt.distill_step(
-        model(x) if student is None else student, t if teacher is ... else teacher, y if target is None else target
+        model(x) if student is None else student,
+        t if teacher is ... else teacher,
+        y if target is None else target,
+        epoch=1,
     )
 
 
@@ -54,16 +57,16 @@ def _nan_at_step_3() -> None:
     opt = _opt(model=model)
     for seed in range(2):
         x, t, y = _batch(seed)
-        opt.distill_step(model(x), t, y)
+        opt.distill_step(model(x), t, y, epoch=1)
     x, t, y = _batch(2)
-    opt.distill_step(model(x) * torch.nan, t, y)
+    opt.distill_step(model(x) * torch.nan, t, y, epoch=1)
 
 
 def _checkpoint(recipe: Recipe | None = None, model: torch.nn.Module | None = None) -> dict:
     model = model or _model()
     opt = _opt(recipe, model)
     x, t, y = _batch()
-    opt.distill_step(model(x), t, y)
+    opt.distill_step(model(x), t, y, epoch=1)
     buf = io.BytesIO()
     torch.save(opt.state_dict(), buf)
     buf.seek(0)
@@ -247,7 +250,7 @@ def test_skip_leaves_parameters_and_buffers_untouched(momentum: str) -> None:
     opt = _opt(recipe, model, nonfinite="skip", track_gsnr=True)
     for seed in range(2):
         x, t, y = _batch(seed)
-        assert not opt.distill_step(model(x), t, y).skipped
+        assert not opt.distill_step(model(x), t, y, epoch=1).skipped
     params = [p.detach().clone() for p in model.parameters()]
     buffers = [b.clone() for bufs in opt.momentum_states[0].buffers for b in bufs]
     gsnr_before = opt.gsnr().clone()
@@ -257,7 +260,7 @@ def test_skip_leaves_parameters_and_buffers_untouched(momentum: str) -> None:
     student = model(x)
     poisoned = student.clone()
     poisoned[0] = torch.nan  # one bad row is enough to make every batch-mean part NaN
-    out = opt.distill_step(poisoned, t, y)
+    out = opt.distill_step(poisoned, t, y, epoch=1)
     assert out.skipped and out.step == sd_steps == opt.steps == 2
     assert out.loss != out.loss  # NaN
     for before, after in zip(params, model.parameters()):
@@ -269,7 +272,7 @@ def test_skip_leaves_parameters_and_buffers_untouched(momentum: str) -> None:
     assert torch.allclose(opt.gsnr(), gsnr_before, rtol=0, atol=0, equal_nan=True)  # NaN: a component without GSNR
 
     # the next good step runs normally
-    out = opt.distill_step(model(x), t, y)
+    out = opt.distill_step(model(x), t, y, epoch=1)
     assert not out.skipped and out.step == 3
     assert any(not torch.equal(a, b) for a, b in zip(params, model.parameters()))
 

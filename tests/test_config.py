@@ -31,9 +31,10 @@ def _dynamic(draw: st.DrawFn) -> deepkd.DynamicMask:
     a1 = draw(st.floats(0.0, 1.0, exclude_max=True, **finite))
     a2 = draw(st.floats(a1, 1.0, exclude_min=True, **finite))
     easy = draw(unit_open)
-    end = draw(st.floats(easy, 1.0, **finite))
-    window = draw(st.none() | st.integers(1, 10_000))
-    return deepkd.DynamicMask(thresholds=(a1, a2), easy=easy, transition_end=end, window=window)
+    hard = draw(st.floats(easy, 1.0, **finite))
+    horizon = draw(st.integers(1, 10_000))
+    form = draw(st.sampled_from(["bucket", "renormalize"]))
+    return deepkd.DynamicMask(thresholds=(a1, a2), easy=easy, hard=hard, horizon=horizon, form=form)
 
 
 # One explicit strategy per built-in strategy class; every field drawn across its validator's range.
@@ -63,13 +64,21 @@ STRATEGIES: dict[tuple[str, str], st.SearchStrategy] = {
         deepkd.GSNR,
         delta=st.floats(0.0, 0.09, **finite),
         interval=st.integers(1, 10**6),
-        estimator=st.sampled_from(["subsampled", "exact"]),
+        estimator=st.sampled_from(["split", "stream"]),
+        splits=st.integers(2, 16),
+        allocation=st.sampled_from(["tanh", "minmax"]),
+        scale=positive,
         fraction=unit_open,
-        beta=st.floats(0.0, 1.0, exclude_max=True, **finite),
+        beta=st.none() | st.floats(0.0, 1.0, exclude_max=True, **finite),
         seed=seed,
     ),
     ("mask", "none"): st.builds(deepkd.NoMask),
-    ("mask", "static"): st.builds(deepkd.StaticMask, k=st.none() | st.integers(1, 10_000), fraction=unit_open),
+    ("mask", "static"): st.builds(
+        deepkd.StaticMask,
+        k=st.none() | st.integers(1, 10_000),
+        fraction=unit_open,
+        form=st.sampled_from(["bucket", "renormalize"]),
+    ),
     ("mask", "dynamic"): _dynamic(),
 }
 REGISTRIES = {"loss": deepkd.LOSSES, "momentum": deepkd.MOMENTA, "mask": deepkd.MASKS}
@@ -151,7 +160,7 @@ def test_defaults_round_trip_from_bare_names() -> None:
         pytest.param('[momentum]\nname = "gsnr"\ndeltta = 0.1\n', "deltta", "$.momentum.deltta", id="momentum"),
         pytest.param('[momentum]\nname = "sgd"\nlr = 0.1\n', "lr", "$.momentum.lr", id="momentum-no-fields"),
         pytest.param('[mask]\nname = "none"\nk = 3\n', "k", "$.mask.k", id="mask-none"),
-        pytest.param('[mask]\nname = "static"\nwindow = 3\n', "window", "$.mask.window", id="mask-init-false-field"),
+        pytest.param('[mask]\nname = "none"\nform = "bucket"\n', "form", "$.mask.form", id="mask-init-false-field"),
     ],
 )
 def test_unknown_keys_rejected(text: str, key: str, path: str) -> None:
@@ -214,7 +223,7 @@ def test_strategy_table_needs_a_name() -> None:
         pytest.param('[momentum]\nname = "gsnr"\ndelta = true\n', "True", "$.momentum.delta", id="delta-bool"),
         pytest.param('[mask]\nname = "static"\nk = 2.0\n', "2.0", "$.mask.k", id="k-float"),
         pytest.param('[mask]\nname = "static"\nk = true\n', "True", "$.mask.k", id="k-bool"),
-        pytest.param('[mask]\nname = "dynamic"\nwindow = 2.5\n', "2.5", "$.mask.window", id="window-float"),
+        pytest.param('[mask]\nname = "dynamic"\nhorizon = 2.5\n', "2.5", "$.mask.horizon", id="horizon-float"),
         pytest.param('[loss]\nname = "dkd"\nwarmup = "20"\n', "'20'", "$.loss.warmup", id="warmup-string"),
         pytest.param("name = 3\n", "3", "$.name", id="name-int"),
         pytest.param('[loss]\nname = "kd"\nsplit = "approx"\n', "approx", "$.loss.split", id="literal"),
@@ -225,7 +234,7 @@ def test_strategy_table_needs_a_name() -> None:
         pytest.param('[momentum]\nname = "gsnr"\ndelta = 2\n', "2", "$.momentum.delta", id="delta-range"),
         pytest.param('[momentum]\nname = "gsnr"\ninterval = 0\n', "0", "$.momentum.interval", id="interval-range"),
         pytest.param('[loss]\nname = "kd"\ntemperature = 0.0\n', "0.0", "$.loss.temperature", id="temperature-zero"),
-        pytest.param('[mask]\nname = "dynamic"\neasy = 0.5\ntransition_end = 0.2\n', "0.2", "$.mask", id="cross-field"),
+        pytest.param('[mask]\nname = "dynamic"\neasy = 0.5\nhard = 0.2\n', "0.2", "$.mask", id="cross-field"),
     ],
 )
 def test_wrong_types_and_values_rejected(text: str, needle: str, path: str) -> None:
@@ -345,7 +354,7 @@ def test_user_registered_momentum() -> None:
         model = torch.nn.Linear(4, 3)
         opt = r2.optimizer(model.parameters(), lr=0.1)
         x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
-        out = opt.distill_step(model(x), torch.randn(8, 3), y)
+        out = opt.distill_step(model(x), torch.randn(8, 3), y, epoch=1)
         assert out.momenta == pytest.approx({"task": 0.85, "tckd": 0.95, "nckd": 0.95})
     finally:
         deepkd.MOMENTA.unregister("mine")

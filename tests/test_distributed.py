@@ -1,5 +1,8 @@
 """Two gloo ranks on 127.0.0.1: the optimizer averages each gradient group across ranks and the mask's accuracy
-window is all-reduced, so two ranks on half batches take the same steps as one process on the whole batch."""
+counts are all-reduced, so two ranks on half batches take the same steps as one process on the whole batch.
+
+The stream GSNR estimator sees the all-reduced gradients, so its coefficients equal the single process's. The split
+estimator averages the ranks' estimates: every rank gets the same coefficients, but not the single process's."""
 
 from __future__ import annotations
 
@@ -12,7 +15,9 @@ import torch.multiprocessing as mp
 
 import deepkd
 
-RECIPE = deepkd.compose(loss="dkd", momentum=deepkd.GSNR(interval=2), mask=deepkd.DynamicMask(window=2))
+RECIPE = deepkd.compose(
+    loss="dkd", momentum=deepkd.GSNR(interval=2, estimator="stream"), mask=deepkd.DynamicMask(horizon=2)
+)
 
 
 def _data(steps: int):
@@ -34,7 +39,7 @@ def _train(rank: int, world: int, steps: int):
     outs = []
     for x, t, y in _data(steps):
         part = slice(rank * 8 // world, (rank + 1) * 8 // world)
-        outs.append(opt.distill_step(model(x[part]), t[part], y[part]))
+        outs.append(opt.distill_step(model(x[part]), t[part], y[part], epoch=1))
     return [p.detach().clone() for p in model.parameters()], opt, outs
 
 
@@ -71,5 +76,5 @@ def test_two_ranks_match_one_process_on_the_whole_batch():
                 torch.tensor(a), b, atol=1e-6, rtol=1e-5
             )  # the averaged gradients are the batch's
         assert coeffs == pytest.approx(opt.coefficients())  # the same GSNR, hence the same momenta
-        assert accuracy == pytest.approx(float(opt.mask_state.accuracy))  # the window is all-reduced
+        assert accuracy == pytest.approx(float(opt.mask_state.accuracy))  # the accuracy counts are all-reduced
         assert ks == [o.k for o in outs]

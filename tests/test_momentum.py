@@ -200,7 +200,8 @@ def test_products_per_step(strategy, products):
 
 
 def test_gsnr_coefficients_follow_measured_gsnr():
-    recipe = deepkd.compose(loss="kd", momentum=deepkd.GSNR(interval=5, estimator="exact"), mask="none")
+    gsnr = deepkd.GSNR(interval=5, estimator="stream", fraction=1.0, allocation="minmax")
+    recipe = deepkd.compose(loss="kd", momentum=gsnr, mask="none")
     model, opt = _train_deepkd(recipe, 4, 0.05, 0.9, 0.0, False, 0.0, False)
     assert opt.coefficients() == (0.9, 0.9, 0.9)  # before the first estimate all use μ
     for epoch, (x, t, y) in enumerate(_data(6, seed=7), start=1):
