@@ -15,14 +15,15 @@ from deepkd.models import MODELS
 CONFIGS = Path(__file__).resolve().parents[1] / "baselines" / "configs"
 FILES = sorted(CONFIGS.rglob("*.toml"))
 CIFAR_PAIRS = ["resnet32x4_resnet8x4", "resnet56_resnet20", "wrn_40_2_wrn_16_2", "vgg13_vgg8"]
-METHODS = ["kd", "dkd", "dot", "deepkd"]
+METHODS = ["kd", "dkd", "dot", "deepkd", "deepkd_paper", "deepkd_official"]
+FASHION_METHODS = ["kd", "dkd", "dot", "deepkd"]
 
 
 def test_the_published_recipes_are_all_shipped():
     names = {f.relative_to(CONFIGS).as_posix() for f in FILES}
     expected = {f"cifar100/{pair}/{m}.toml" for pair in CIFAR_PAIRS for m in METHODS}
     expected |= {f"imagenet/resnet34_resnet18/{m}.toml" for m in METHODS}
-    expected |= {"fashion_mnist/teacher.toml"} | {f"fashion_mnist/student_{m}.toml" for m in METHODS}
+    expected |= {"fashion_mnist/teacher.toml"} | {f"fashion_mnist/student_{m}.toml" for m in FASHION_METHODS}
     assert expected <= names
 
 
@@ -56,9 +57,12 @@ def test_shipped_config_is_valid(path):
     ],
 )
 def test_cifar_deepkd_configs_carry_the_published_deltas(pair, w_ce, tcg, ncg):
-    config = load_experiment(CONFIGS / "cifar100" / pair / "deepkd.toml")
+    official = load_experiment(CONFIGS / "cifar100" / pair / "deepkd_official.toml").recipe
+    assert official.momentum == deepkd.Fixed(tog=0.075, tcg=tcg, ncg=ncg, reference_quirks=True)
+    assert official.loss.split == "official" and official.mask == deepkd.NoMask()
+    config = load_experiment(CONFIGS / "cifar100" / pair / "deepkd_paper.toml")
     assert config.recipe.momentum == deepkd.Fixed(tog=0.075, tcg=tcg, ncg=ncg)
-    assert config.recipe.loss.w_ce == w_ce
+    assert config.recipe.loss.w_ce == w_ce == official.loss.w_ce
     train = config.train
     assert (train.epochs, train.lr, train.momentum, train.weight_decay) == (240, 0.05, 0.9, 5e-4)
     assert train.schedule.milestones == (150, 180, 210) and config.data.batch_size == 64
