@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import math
 
+import attrs
 import pytest
+import torch
+from torch.utils.data import TensorDataset
 
+import deepkd
 from benchmarks import accuracy
 
 
@@ -33,8 +38,11 @@ def test_summary_pairs_differences_by_seed():
 
 
 def test_every_method_is_a_valid_recipe_with_the_axis_it_claims():
-    book = accuracy.recipes(classes=100, epochs=3, steps_per_epoch=40)
-    assert set(book) == set(accuracy.METHODS)
+    skipped: dict[str, str] = {}
+    book = accuracy.recipes(classes=100, epochs=3, steps_per_epoch=40, skipped=skipped)
+    assert skipped == {}  # every candidate builds with this deepkd and differs from the default
+    assert set(book) == {*accuracy.METHODS, *accuracy.LONG_METHODS, *accuracy.LONG_CANDIDATES}
+    assert all(recipe.name == name for name, recipe in book.items())
     assert book["static_20"].mask.k == 20 and book["static_30"].mask.k == 30
     assert book["gsnr_nomask"].momentum.interval == 10
     assert book["dynamic_sgd"].plan().groups == (("task", "tckd", "nckd"),)
@@ -64,3 +72,161 @@ def test_speed_setup_runs_every_variant_with_overrides():
     }
     assert res["memory"]["deepkd_gsnr"]["gradients"] == 3 * res["param_bytes"]
     assert "official pattern" in speed.markdown([res])
+
+
+REQUIRED_LONG = {
+    "ce",
+    "kd",
+    "dkd",
+    "dot",
+    "deepkd_official",
+    "deepkd_fixed",  # DeepKD paper-intent
+    "deepkd_default",
+    "default_no_gsnr",
+    "default_no_mask",
+    "default_kd_loss",
+}
+
+
+def test_long_profile_runs_every_required_method_long_enough_with_validation():
+    profile = accuracy.PROFILES["long"]
+    assert REQUIRED_LONG | set(accuracy.LONG_CANDIDATES) <= set(profile["methods"])
+    assert set(profile["datasets"]) == {"fashion_mnist", "fashion_mnist_pairs"}
+    assert profile["epochs"] >= 20 and profile["seeds"] >= 3
+    assert 0.0 < profile["val_share"] < 0.5
+    # CIFAR's 240-epoch step schedule, scaled: x0.1 after 62.5, 75 and 87.5 % of the run
+    assert accuracy.step_schedule(240).milestones == (150, 180, 210)
+    assert accuracy.schedule_for(profile).milestones == (15, 18, 21) and profile["epochs"] == 24
+    # a real DKD warm-up: 20 of 240 epochs, so 2 of 24 (half weight in epoch 1); short runs get none
+    book = accuracy.recipes(classes=10, epochs=profile["epochs"], steps_per_epoch=20)
+    assert book["dkd"].loss.warmup == 2 and book["dkd"].loss.warm(1) == 0.5
+    assert book["deepkd_default"].loss.warmup == 2
+    assert accuracy.dkd_warmup(3) == 1 and accuracy.dkd_warmup(240) == 20
+
+
+def test_default_follows_the_library_and_each_alternative_changes_one_setting():
+    book = accuracy.recipes(classes=10, epochs=24, steps_per_epoch=40)
+    library = deepkd.compose()
+    default = book["deepkd_default"]
+    for axis in ("loss", "momentum", "mask"):
+        assert type(getattr(default, axis)) is type(getattr(library, axis))
+    # only the run-length adjustments differ from the library's defaults
+    assert default.loss == attrs.evolve(library.loss, warmup=2)
+    assert default.momentum == attrs.evolve(library.momentum, interval=10)
+    assert default.mask == library.mask
+    d = default.to_dict()
+    assert accuracy.describe_change(d, book["default_no_gsnr"].to_dict()).startswith("momentum: ")
+    assert book["default_no_gsnr"].plan().groups == (("task", "tckd", "nckd"),)
+    assert accuracy.describe_change(d, book["default_no_mask"].to_dict()) == "mask: dynamic → none"
+    assert book["default_kd_loss"].loss == deepkd.KD(temperature=4.0, w_ce=0.1, w_kd=0.9)
+    for name in (*accuracy.ABLATIONS, *accuracy.LONG_CANDIDATES):
+        change = accuracy.describe_change(d, book[name].to_dict())
+        assert change != "none" and ";" not in change, (name, change)  # one setting, or one axis swapped
+
+
+def test_validation_split_is_stratified_disjoint_and_deterministic():
+    labels = torch.arange(10).repeat_interleave(torch.tensor([50, 40, 30, 20, 10, 50, 40, 30, 20, 10]))
+    labels = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))]
+    train, val = accuracy.validation_indices(labels, 0.1, seed=3)
+    assert len(set(train.tolist()) & set(val.tolist())) == 0
+    assert sorted(train.tolist() + val.tolist()) == list(range(len(labels)))
+    for c, n in enumerate([50, 40, 30, 20, 10, 50, 40, 30, 20, 10]):
+        assert int((labels[val] == c).sum()) == round(0.1 * n)
+    again = accuracy.validation_indices(labels, 0.1, seed=3)
+    assert torch.equal(again[0], train) and torch.equal(again[1], val)
+    assert not torch.equal(accuracy.validation_indices(labels, 0.1, seed=4)[1], val)
+
+    x = torch.arange(len(labels), dtype=torch.float32)[:, None]
+    rest, held = accuracy.split_validation(TensorDataset(x, labels), 0.1, seed=3)
+    assert held is not None and len(held) == len(val) and len(rest) + len(held) == len(labels)
+    assert set(rest.tensors[0].flatten().tolist()).isdisjoint(held.tensors[0].flatten().tolist())
+    assert torch.equal(held.tensors[1], labels[val])
+    whole = TensorDataset(x, labels)
+    assert accuracy.split_validation(whole, 0.0) == (whole, None)
+    with pytest.raises(ValueError):
+        accuracy.validation_indices(labels, 1.0)
+
+
+def test_prepare_keeps_validation_images_from_the_students_and_the_teacher():
+    split = accuracy.prepare("digits", {"train": 600, "test": 100, "teacher_train": 1000}, 0.2)
+    assert split.val is not None and len(split.train) + len(split.val) == 600 and len(split.test) == 100
+    # the teacher's draw of 1000 holds the students' 600 (one seeded permutation); less the validation images
+    assert len(split.teacher_train) == 1000 - len(split.val)
+    rows = lambda ds: {tuple(r.tolist()) for r in ds.tensors[0].flatten(1)}
+    assert rows(split.train) <= rows(split.teacher_train)
+    assert not rows(split.val) & rows(split.teacher_train) and not rows(split.val) & rows(split.train)
+    again = accuracy.prepare("digits", {"train": 600, "test": 100, "teacher_train": 1000}, 0.2)
+    assert torch.equal(again.val.tensors[0], split.val.tensors[0])
+    # without a validation split or a teacher size this is what load() gives, for students and teacher alike
+    plain = accuracy.prepare("digits", {"train": 600, "test": 100})
+    train, test, classes = accuracy.load("digits", {"train": 600, "test": 100})
+    assert plain.val is None and plain.classes == classes == 10
+    assert torch.equal(plain.train.tensors[0], train.tensors[0]) and torch.equal(plain.test.tensors[1], test.tensors[1])
+    assert torch.equal(plain.teacher_train.tensors[0], train.tensors[0])
+
+
+def test_paired_difference_pairs_by_seed():
+    mean, se, n = accuracy.paired_difference({0: 0.5, 1: 0.7, 2: 0.6, 5: 0.9}, {0: 0.4, 1: 0.5, 2: 0.6, 3: 0.1})
+    diffs = [0.1, 0.2, 0.0]  # seeds 3 and 5 have no pair
+    assert n == 3 and mean == pytest.approx(0.1)
+    assert se == pytest.approx(math.sqrt(sum((d - 0.1) ** 2 for d in diffs) / 2) / math.sqrt(3))
+    one = accuracy.paired_difference({0: 0.5}, {0: 0.25})
+    assert one[0] == 0.25 and math.isnan(one[1]) and one[2] == 1
+    assert math.isnan(accuracy.paired_difference({0: 0.5}, {1: 0.5})[0])
+
+
+def test_long_machinery_end_to_end_on_digits(tmp_path, monkeypatch):
+    """The long profile's code path (validation split, step schedule, KD and DKD differences, the selection table,
+    the dynamics plot) on digits: 2 epochs, 2 seeds, a handful of methods."""
+    profile = dict(accuracy.PROFILES["long"])
+    candidate = accuracy.LONG_CANDIDATES[0]
+    profile.update(
+        datasets={"digits": {"train": 600, "test": 200}},
+        epochs=2,
+        seeds=2,
+        teacher_epochs=1,
+        workers=1,
+        val_share=0.2,
+        methods=["kd", "dkd", "deepkd_default", "default_no_mask", candidate],
+    )
+    monkeypatch.setitem(accuracy.PROFILES, "tiny_long", profile)
+    out = tmp_path / "out"
+    report = accuracy.main(["--profile", "tiny_long", "--out", str(out), "--cache", str(tmp_path / "cache")])
+    runs = report["runs"]
+    assert len(runs) == 10 and not [r for r in runs if "error" in r]
+    assert all(len(r["val_top1"]) == len(r["test_top1"]) == 2 for r in runs)
+    sizes = report["meta"]["datasets"]["digits"]
+    assert sizes["val"] + sizes["train"] == 600 and abs(sizes["val"] - 120) <= 5  # 20 %, rounded per class
+    md = (out / "accuracy.md").read_text()
+    for column in ("final test − KD (pp)", "final test − DKD (pp)", "final val top-1 (%)", "best test top-1 (%)"):
+        assert column in md
+    assert "### Defaults chosen on validation" in md and f"`{candidate}`" in md
+    selection = md.split("### Defaults chosen on validation")[1].split("Methods:")[0]
+    rows = [line for line in selection.splitlines() if line.startswith("|")]
+    assert "Δ val" in rows[0] and "test" not in rows[0]  # the selection table shows validation figures only
+    assert [r for r in rows if r.startswith(f"| `{candidate}`")]
+    saved = json.loads((out / "accuracy.json").read_text())
+    assert saved["runs"][0]["recipe"] == runs[0]["recipe"]
+    assert (out / "plots" / "dynamics.png").exists() and (out / "plots" / "validation.png").exists()
+
+
+def test_runs_in_worker_processes_equal_runs_in_this_process():
+    """Two spawned workers of one thread give exactly the runs one thread gives here (each run seeds itself)."""
+    train, test, classes = accuracy.load("digits", {"train": 300, "test": 100})
+    train, val = accuracy.split_validation(train, 0.2)
+    torch.manual_seed(0)
+    teacher = accuracy._model("digits", "teacher", classes, train.tensors[0][:1]).eval()
+    logits = teacher(train.tensors[0]).detach()
+    book = accuracy.recipes(classes, 1, 3)
+    schedule = accuracy.schedule_for({"schedule": "step", "epochs": 1})
+    jobs = [("digits", m, book[m], 0, 1, schedule) for m in ("kd", "deepkd_default")]
+    contexts = {"digits": {"data": (train, test, classes), "val": val, "teacher": teacher, "logits": logits}}
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        here = accuracy.execute(jobs, contexts, workers=1, threads=1, log=lambda _: None)
+    finally:
+        torch.set_num_threads(threads)
+    there = accuracy.execute(jobs, contexts, workers=2, threads=1, log=lambda _: None)
+    key = ("dataset", "method", "seed", "test_top1", "val_top1", "train_top1", "trace")
+    assert [[r[k] for k in key] for r in here] == [[r[k] for k in key] for r in there]
