@@ -93,7 +93,7 @@ CANDIDATES: dict[str, tuple[str, Any]] = {
     "cand_gsnr_delta_0.05": ("momentum", {"delta": 0.05}),  # GSNR offsets within ±0.05 instead of ±0.075
     "cand_mask_renormalize": ("mask", {"form": "renormalize"}),  # masked classes dropped, not pooled in one bin
     "cand_mask_kmax_0.3": ("mask", {"hard": 0.3}),  # K grows to 30 % of the classes at most, not to C - 1
-    "cand_gsnr_stream": ("momentum", {"estimator": "stream"}),  # GSNR from moving averages over steps
+    "cand_gsnr_split": ("momentum", {"estimator": "split"}),  # GSNR at fixed parameters, from split batches
     "cand_gsnr_minmax": ("momentum", {"allocation": "minmax"}),  # ±Δ for the extremes instead of Δ·tanh
 }
 LONG_CANDIDATES: tuple[str, ...] = tuple(CANDIDATES)

@@ -3,7 +3,7 @@
 >>> import deepkd
 >>> r = deepkd.compose(momentum="gsnr", mask="dynamic")
 >>> r.momentum.estimator, r.momentum.allocation, r.mask.form
-('split', 'tanh', 'bucket')
+('stream', 'tanh', 'bucket')
 >>> deepkd.compose(loss="kd", momentum="sgd", mask="none").plan().groups
 (('task', 'tckd', 'nckd'),)
 """

@@ -47,8 +47,9 @@ def _momentum_variants() -> list:
         # interval=2 makes the coefficients re-allocate inside the short run (and across the checkpoint)
         out.append(pytest.param(deepkd.GSNR(interval=2), id="gsnr-interval2"))
         out.append(pytest.param(deepkd.GSNR(interval=2, estimator="stream", fraction=1.0), id="gsnr-stream-exact"))
-        out.append(pytest.param(deepkd.GSNR(interval=2, estimator="stream"), id="gsnr-stream-subsampled"))
-        out.append(pytest.param(deepkd.GSNR(interval=2, splits=3, allocation="minmax"), id="gsnr-split3-minmax"))
+        out.append(pytest.param(deepkd.GSNR(interval=2, estimator="split"), id="gsnr-split"))
+        split3 = deepkd.GSNR(interval=2, estimator="split", splits=3, allocation="minmax")
+        out.append(pytest.param(split3, id="gsnr-split3-minmax"))
     if "dot" in deepkd.MOMENTA:
         out.append(pytest.param(deepkd.DOT(delta=0.0), id="dot-zero"))
     return out

@@ -36,6 +36,7 @@ def _batches(n, seed=1):
 
 RECIPES = {
     "deepkd": deepkd.compose(momentum=deepkd.GSNR(interval=3), mask=deepkd.DynamicMask(horizon=2)),
+    "deepkd-split": deepkd.compose(momentum=deepkd.GSNR(interval=3, estimator="split"), mask="dynamic"),
     "dot": deepkd.compose(loss="kd", momentum="dot", mask="none"),
     "quirks": deepkd.compose(loss="kd", momentum=deepkd.Fixed(reference_quirks=True), mask="static"),
 }
@@ -181,9 +182,11 @@ def test_step_output_reports_parts_momenta_and_gsnr():
     assert out.k == M.static_k(10, fraction=0.1) and out.phase == "easy"  # K = 1: NCKD is top-1 against the rest
 
 
-def test_a_component_without_gradient_keeps_mu():
+@pytest.mark.parametrize("estimator", ["stream", "split"])
+def test_a_component_without_gradient_keeps_mu(estimator):
     """Renormalised NCKD over a single kept class is identically zero: it has no GSNR and keeps μ."""
-    recipe = deepkd.compose(momentum=deepkd.GSNR(interval=2), mask=deepkd.StaticMask(k=1, form="renormalize"))
+    gsnr = deepkd.GSNR(interval=2, estimator=estimator)
+    recipe = deepkd.compose(momentum=gsnr, mask=deepkd.StaticMask(k=1, form="renormalize"))
     student, opt = _setup(recipe)
     gen = torch.Generator().manual_seed(1)
     teacher = torch.nn.Linear(8, 10)
