@@ -58,6 +58,6 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(venv_backend="none")
 def bench(session: nox.Session) -> None:
-    """Speed and accuracy benchmarks; ``nox -s bench -- --profile smoke|default|full`` (report in bench-results/)."""
+    """Speed and accuracy benchmarks; ``nox -s bench -- --profile smoke|default|long|full`` (bench-results/)."""
     env = _environment(session, "bench")
     _run(session, env, "python", "-m", "benchmarks.run", *session.posargs)

@@ -3,6 +3,8 @@ jumps, and the bucket form of masked NCKD."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from hypothesis import given
@@ -207,3 +209,20 @@ def test_masked_student_mass_is_constrained_only_by_the_bucket_form():
     drifted = torch.tensor([[0.0, 4.0, 3.0, 9.0, 9.0, 9.0]])  # same kept shape, most mass on the masked classes
     assert deepkd.losses.nckd(drifted, te, y, keep=keep, form="renormalize").item() == pytest.approx(0.0, abs=1e-6)
     assert deepkd.losses.nckd(drifted, te, y, keep=keep, form="bucket").item() > 1.0
+
+
+@given(logits_batch(min_classes=3, max_classes=20), temperatures)
+def test_bucket_nckd_grows_with_k_and_is_never_switched_on_from_zero(batch, t):
+    """No cliff in the NCKD term as K grows: the bucket form's KL over a coarser partition of the same
+    distributions is never larger (data-processing inequality), so each step of K adds the KL of splitting classes
+    out of the rest bin, starting from a two-bin KL at K = 1 that is already positive when the distributions
+    differ; the renormalised form is identically zero at K = 1, which is why its K_min is 2."""
+    s, te, y = batch
+    c = s.shape[1]
+    values = [deepkd.losses.nckd(s, te, y, t, keep=M.topk_keep_mask(te, y, k), form="bucket") for k in range(1, c - 1)]
+    values.append(deepkd.losses.nckd(s, te, y, t))
+    for small, big in itertools.pairwise(values):
+        assert (big >= small - 1e-4 * t**2 * (1 + small.abs())).all()
+    ones = M.topk_keep_mask(te, y, 1)
+    if ones is not None:
+        assert (deepkd.losses.nckd(s, te, y, t, keep=ones, form="renormalize") == 0).all()
