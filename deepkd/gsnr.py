@@ -249,14 +249,14 @@ def split_sums(splits: Sequence[Sequence[Sequence[Tensor]]], sizes: Sequence[int
     if parts < 2 or len(sizes) != parts or min(sizes) < 1:
         raise ValueError(f"need at least two non-empty parts, got sizes {list(sizes)}")
     n = float(sum(sizes))
-    weights = [float(m) for m in sizes]
+    weights = torch.tensor([float(m) for m in sizes], dtype=torch.float64)[:, None]
     signal, noise = [], []
     for c in range(len(splits[0])):
         s_c: Tensor | float = 0.0
         v_c: Tensor | float = 0.0
         for j in range(len(splits[0][c])):
             g = torch.stack([splits[m][c][j].detach().reshape(-1) for m in range(parts)]).double()
-            w = torch.tensor(weights, dtype=torch.float64, device=g.device)[:, None]
+            w = weights.to(g.device)
             mean = (w * g).sum(dim=0) / n
             var = (w * (g - mean).square()).sum(dim=0) / (parts - 1)
             s_c = s_c + (mean.square() - var / n).sum()

@@ -275,7 +275,7 @@ class DistillOptimizer(torch.optim.Optimizer):
         n = target.shape[0]
         if n < cfg.splits:
             return
-        flat = [p for g in self.param_groups for p in g["params"] if p.requires_grad]
+        _, flat = self._trainable()
         chunks = torch.arange(n, device=target.device).chunk(cfg.splits)
         grads = []
         for idx in chunks:
@@ -290,9 +290,14 @@ class DistillOptimizer(torch.optim.Optimizer):
             signal, noise = (sums / dist.get_world_size()).double().cpu()
         self._split_state = G.split_update(self._split_state, signal, noise, beta=cfg.decay)
 
-    def _gradients(self, parts: dict[str, Tensor]) -> tuple[list[list[list[Tensor]]], list[list[bool]]]:
+    def _trainable(self) -> tuple[list[list[bool]], list[Tensor]]:
+        """Which parameters of each param group take gradients now, and those parameters as one flat list."""
         active = [[bool(p.requires_grad) for p in g["params"]] for g in self.param_groups]
         flat = [p for g, act in zip(self.param_groups, active) for p, a in zip(g["params"], act) if a]
+        return active, flat
+
+    def _gradients(self, parts: dict[str, Tensor]) -> tuple[list[list[list[Tensor]]], list[list[bool]]]:
+        active, flat = self._trainable()
         grads = decompose(parts, self.plan.groups, flat, mode=self.decomposition)
         if self._should_sync():
             for group_grads in grads:
