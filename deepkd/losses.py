@@ -37,6 +37,7 @@ __all__ = ["Keep", "MaskForm", "ce", "dkd", "kd", "nckd", "standardize", "target
 
 Reduction = Literal["none", "mean", "sum"]
 MaskForm = Literal["bucket", "renormalize"]
+MASK_FORMS: tuple[MaskForm, ...] = ("bucket", "renormalize")
 
 
 def validate_logits(student: Tensor, teacher: Tensor | None, target: Tensor | None) -> None:
@@ -210,7 +211,7 @@ def nckd(
     """
     mask: Tensor | None = keep.mask if isinstance(keep, Keep) else keep
     form = keep.form if isinstance(keep, Keep) else form
-    if form not in ("bucket", "renormalize"):
+    if form not in MASK_FORMS:
         raise InputError(f"form must be 'bucket' or 'renormalize', got {form!r}")
     zs = _scaled(student, temperature, standardized)
     zt = _scaled(teacher.detach(), temperature, standardized)
@@ -229,22 +230,23 @@ def nckd(
     return _reduce(temperature**2 * _kl_rows(log_pt, log_ps, valid), reduction)
 
 
-def _bucket_log_probs(z: Tensor, non_target: Tensor, kept: Tensor) -> Tensor:
+def _bucket_log_probs(z: Tensor, non_target: Tensor, rest: Tensor, rest_bin: Tensor) -> Tensor:
     """``[B, C + 1]``: log p̂ of each class (used where kept) and, last, log p̂ of the rest bin."""
     lowest = torch.finfo(z.dtype).min
     lse_nt = torch.logsumexp(z.masked_fill(~non_target, lowest), dim=1, keepdim=True)
-    rest = non_target & ~kept
     lse_rest = torch.logsumexp(z.masked_fill(~rest, lowest), dim=1, keepdim=True)
     # an empty rest bin: its logsumexp over lowest-valued entries is not -inf, so mask it explicitly
-    lse_rest = torch.where(rest.any(dim=1, keepdim=True), lse_rest, torch.full_like(lse_rest, float("-inf")))
+    lse_rest = torch.where(rest_bin, lse_rest, torch.full_like(lse_rest, float("-inf")))
     return torch.cat([z - lse_nt, lse_rest - lse_nt], dim=1)
 
 
 def _bucket_kl(zs: Tensor, zt: Tensor, non_target: Tensor, kept: Tensor) -> Tensor:
     """KL over the kept non-target classes plus one "rest" bin holding the other non-target classes' mass."""
-    rest_bin = (non_target & ~kept).any(dim=1, keepdim=True)
+    rest = non_target & ~kept
+    rest_bin = rest.any(dim=1, keepdim=True)
     valid = torch.cat([kept, rest_bin], dim=1)
-    return _kl_rows(_bucket_log_probs(zt, non_target, kept), _bucket_log_probs(zs, non_target, kept), valid)
+    log_pt = _bucket_log_probs(zt, non_target, rest, rest_bin)
+    return _kl_rows(log_pt, _bucket_log_probs(zs, non_target, rest, rest_bin), valid)
 
 
 def target_prob(logits: Tensor, target: Tensor, temperature: float = 1.0, *, standardized: bool = False) -> Tensor:

@@ -40,7 +40,7 @@ import torch.distributed as dist
 from attrs import validators as v
 from torch import Tensor
 
-from deepkd.losses import Keep, MaskForm
+from deepkd.losses import MASK_FORMS, Keep, MaskForm
 from deepkd.registry import register_mask
 from deepkd.validators import integer, real
 
@@ -65,7 +65,6 @@ __all__ = [
 
 NO_PHASE, EASY, TRANSITION, HARD = -1, 0, 1, 2
 PHASE_NAMES = {NO_PHASE: "none", EASY: "easy", TRANSITION: "transition", HARD: "hard"}
-FORMS = ("bucket", "renormalize")
 
 
 def round_half_up(x: float) -> int:
@@ -208,7 +207,7 @@ def keep_mask(state: MaskState, teacher: Tensor, target: Tensor, form: MaskForm 
     return None if keep is None else Keep(keep, form)
 
 
-_form = v.in_(FORMS)
+_form = v.in_(MASK_FORMS)
 
 
 @register_mask("none")
