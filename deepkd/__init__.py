@@ -6,7 +6,8 @@ KD, DKD, DOT, DeepKD and their mixes are recipes: ``deepkd.compose(loss=..., mom
 """
 
 from deepkd import losses
-from deepkd.compose import Recipe, build, compose
+from deepkd._version import __version__
+from deepkd.compose import build, compose
 from deepkd.config import dump, load
 from deepkd.errors import (
     CheckpointError,
@@ -17,19 +18,18 @@ from deepkd.errors import (
     NonFiniteLossError,
     UnknownStrategyError,
 )
+from deepkd.losses import CE, DKD, KD
 from deepkd.masks import DynamicMask, NoMask, StaticMask
-from deepkd.momentum import DOT, GSNR, SGD, Fixed
+from deepkd.momentum import DOT, GSNR, FixedOffsets, PlainMomentum
 from deepkd.optim import DistillOptimizer, StepOutput
-from deepkd.parts import CE, DKD, KD
+from deepkd.recipe import Recipe
 from deepkd.registry import LOSSES, MASKS, MOMENTA, register_loss, register_mask, register_momentum
-
-__version__ = "0.1.0"
 
 # The training loop pulls in the model zoo and data sets (and so torchvision); it loads on first use.
 _LAZY = {
     "Trainer": "deepkd.trainer",
-    "TrainConfig": "deepkd.trainer",
-    "History": "deepkd.trainer",
+    "TrainConfig": "deepkd.train_config",
+    "History": "deepkd.metrics",
     "Callback": "deepkd.callbacks",
     "LambdaCallback": "deepkd.callbacks",
     "ExperimentConfig": "deepkd.experiment",
@@ -86,14 +86,14 @@ __all__ = [
     "LOSSES",
     "MASKS",
     "MOMENTA",
-    "SGD",
+    "PlainMomentum",
     "CheckpointError",
     "ConfigError",
     "DataError",
     "DeepKDError",
     "DistillOptimizer",
     "DynamicMask",
-    "Fixed",
+    "FixedOffsets",
     "InputError",
     "NoMask",
     "NonFiniteLossError",

@@ -7,7 +7,7 @@ once, one ``message @ $.path`` line each, in a :class:`~deepkd.errors.ConfigErro
 
 TOML has no null: fields whose value is ``None`` are left out when dumping, and every such field defaults to ``None``.
 
->>> from deepkd.compose import Recipe
+>>> from deepkd.recipe import Recipe
 >>> structure({"momentum": {"name": "gsnr", "delta": 2}}, Recipe)
 Traceback (most recent call last):
 ...
@@ -19,14 +19,16 @@ from __future__ import annotations
 import difflib
 import json
 import tomllib
-import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 import attrs
 import cattrs
+from cattrs.errors import AttributeValidationNote, ClassValidationError
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+from cattrs.v import format_exception
 
 from deepkd.errors import ConfigError, UnknownStrategyError
 from deepkd.registry import Registry
@@ -35,161 +37,148 @@ __all__ = ["converter", "dump", "dumps", "load", "loads", "register_axis", "stru
 
 T = TypeVar("T")
 
-converter = cattrs.Converter(forbid_extra_keys=True)
+converter = cattrs.Converter(detailed_validation=True, unstruct_collection_overrides={tuple: list})
 
 # Strategy protocol type -> the registry of its implementations (filled by register_axis).
 _AXES: dict[Any, Registry[type]] = {}
 
 
-def register_axis(protocol: Any, registry: Registry[type]) -> None:
-    """Declare that fields annotated with ``protocol`` hold a strategy from ``registry`` (a tagged union)."""
-    _AXES[protocol] = registry
+def _strict(tp: type, ok: type | tuple[type, ...], what: str) -> None:
+    def hook(value: Any, _: Any) -> Any:
+        if not isinstance(value, ok) or (isinstance(value, bool) and tp is not bool):
+            raise TypeError(f"expected {what}, got {value!r}")
+        return tp(value)
+
+    converter.register_structure_hook(tp, hook)
 
 
-def _strict_int(value: Any, _: type) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"expected an integer, got {value!r}")
+_strict(int, int, "an integer")
+_strict(float, (int, float), "a float")
+_strict(bool, bool, "true or false")
+_strict(str, str, "a string")
+
+
+def _literal(value: Any, tp: Any) -> Any:
+    if not any(type(value) is type(choice) and value == choice for choice in typing.get_args(tp)):
+        raise ValueError(f"expected one of {', '.join(map(repr, typing.get_args(tp)))}, got {value!r}")
     return value
 
 
-def _strict_float(value: Any, _: type) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"expected a number, got {value!r}")
-    return float(value)
+converter.register_structure_hook_func(lambda tp: typing.get_origin(tp) is typing.Literal, _literal)
 
 
-def _strict_bool(value: Any, _: type) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"expected true or false, got {value!r}")
-    return value
+def _at(name: str, exc: Exception) -> Exception:
+    """``exc`` noted as the error of key ``name``, so :func:`cattrs.transform_error` puts it at ``path.name``."""
+    exc.add_note(AttributeValidationNote(f"@ {name}", name, None))
+    return exc
 
 
-def _strict_str(value: Any, _: type) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"expected a string, got {value!r}")
-    return value
+def _validated(field: attrs.Attribute) -> Callable[[Any, Any], Any]:  # type: ignore[type-arg]
+    """A field hook that also runs the field's converter and validator, so their errors get the field's path."""
+
+    def hook(value: Any, tp: Any) -> Any:
+        value = converter.structure(value, tp)
+        if field.converter is not None:
+            value = field.converter(value)  # type: ignore[operator]
+        field.validator(None, field, value)  # type: ignore[misc]
+        return value
+
+    return hook
 
 
-converter.register_structure_hook(int, _strict_int)
-converter.register_structure_hook(float, _strict_float)
-converter.register_structure_hook(bool, _strict_bool)
-converter.register_structure_hook(str, _strict_str)
+@converter.register_structure_hook_factory(attrs.has)
+def _attrs_hook(cls: type) -> Callable[[Any, Any], Any]:
+    fields = [f for f in attrs.fields(cls) if f.init]
+    known = [f.name for f in fields]
+    checked: dict[str, Any] = {f.name: override(struct_hook=_validated(f)) for f in fields if f.validator is not None}
+    build: Callable[[Any, Any], Any] = make_dict_structure_fn(cls, converter, **checked)  # unknown keys: below
+
+    def hook(data: Any, _: Any) -> Any:
+        if isinstance(data, cls):
+            return data
+        if not isinstance(data, Mapping):
+            raise TypeError(f"expected a table of {cls.__name__} settings, got {data!r}")
+        errors: list[Exception] = []
+        for key in (k for k in data if k not in known):
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else "."
+            message = f"unknown key {key!r} for {cls.__name__}{hint} Valid keys: {', '.join(known) or '(none)'}"
+            errors.append(_at(str(key), ValueError(message)))
+        try:
+            obj = build(data, cls)
+        except ClassValidationError as exc:
+            errors.extend(exc.exceptions)
+        if errors:
+            raise ClassValidationError(f"While structuring {cls.__name__}", errors, cls)
+        return obj
+
+    return hook
 
 
-def _messages(exc: BaseException, path: str) -> list[str]:
-    if isinstance(exc, ConfigError):
-        return [line if " @ $" in line else f"{line} @ {path}" for line in exc.lines]
-    if isinstance(exc, UnknownStrategyError):
-        return [f"{exc} @ {path}"]
-    if isinstance(exc, (cattrs.BaseValidationError)):
-        return list(cattrs.transform_error(exc, path=path))
-    msg = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
-    return [f"{msg} @ {path}"]
+@converter.register_unstructure_hook_factory(attrs.has)
+def _attrs_unhook(cls: type) -> Callable[[Any], dict[str, Any]]:
+    fields: Callable[[Any], dict[str, Any]] = make_dict_unstructure_fn(cls, converter)
+
+    def hook(obj: Any) -> dict[str, Any]:
+        tag = next((name for r in _AXES.values() if (name := r.name_for(cls)) is not None), None)
+        return fields(obj) if tag is None else {"name": tag, **fields(obj)}
+
+    return hook
 
 
-def _structure_at(value: Any, tp: Any, path: str) -> Any:
-    if tp in _AXES:
-        return _structure_strategy(value, _AXES[tp], path)
-    if isinstance(tp, type) and attrs.has(tp):
-        return _structure_attrs(value, tp, path)
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        axis_args = [a for a in args if a in _AXES]
-        if len(axis_args) == 1:
-            return _structure_strategy(value, _AXES[axis_args[0]], path)
-        attrs_args = [a for a in args if isinstance(a, type) and attrs.has(a)]
-        if len(attrs_args) == 1 and isinstance(value, Mapping):
-            return _structure_attrs(value, attrs_args[0], path)
-    try:
-        return converter.structure(value, tp)
-    except Exception as exc:  # cattrs and the strict hooks raise many kinds; all become path lines
-        lines = [
-            line if "got" in line else line.replace(" @ ", f" (got {value!r}) @ ", 1) for line in _messages(exc, path)
-        ]
-        raise ConfigError(lines) from None
-
-
-def _structure_strategy(value: Any, registry: Registry[type], path: str) -> Any:
-    if attrs.has(type(value)) and type(value) in {registry.get(n) for n in registry.names()}:
+def _strategy(value: Any, registry: Registry[type]) -> Any:
+    if registry.name_for(type(value)) is not None:
         return value
     if isinstance(value, str):
-        name, rest = value, {}
-    elif isinstance(value, Mapping):
-        if "name" not in value:
-            raise ConfigError(
-                f"a {registry.axis} strategy needs a 'name' key (one of {', '.join(registry.names())}) @ {path}"
-            )
-        name, rest = value["name"], {k: v for k, v in value.items() if k != "name"}
-    else:
-        raise ConfigError(f"expected a {registry.axis} strategy name or table, got {value!r} @ {path}")
+        value = {"name": value}
+    if not isinstance(value, Mapping):
+        raise TypeError(f"expected a {registry.kind} name or table, got {value!r}")
+    if "name" not in value:
+        raise ValueError(f"a {registry.kind} needs a 'name' key (one of {', '.join(registry.names())})")
     try:
-        cls = registry.get(name)
+        cls = registry.get(value["name"])
     except UnknownStrategyError as exc:
-        raise ConfigError(f"{exc} @ {path}.name") from None
-    return _structure_attrs(rest, cls, path)
+        raise ClassValidationError(f"While structuring a {registry.kind}", [_at("name", exc)], object) from None
+    return converter.structure({k: v for k, v in value.items() if k != "name"}, cls)
 
 
-def _structure_attrs(data: Any, cls: type[T], path: str) -> T:
-    if isinstance(data, cls):
-        return data
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"expected a table of {cls.__name__} settings, got {data!r} @ {path}")
-    attrs.resolve_types(cls)  # type: ignore[type-var]
-    fields = {f.name: f for f in attrs.fields(cls) if f.init}  # type: ignore[arg-type]
-    errors: list[str] = []
-    for key in data:
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else "."
-            valid = ", ".join(fields) or "(none)"
-            errors.append(f"unknown key {key!r} for {cls.__name__}{hint} Valid keys: {valid} @ {path}.{key}")
-    values: dict[str, Any] = {}
-    for name, field in fields.items():
-        fpath = f"{path}.{name}"
-        if name not in data:
-            if field.default is attrs.NOTHING:
-                errors.append(f"missing required key {name!r} @ {fpath}")
-            continue
-        try:
-            value = _structure_at(data[name], field.type, fpath)
-            if field.converter is not None:
-                value = field.converter(value)  # type: ignore[operator]
-            if field.validator is not None:
-                field.validator(None, field, value)
-        except Exception as exc:
-            errors.extend(_messages(exc, fpath))
-            continue
-        values[name] = value
-    if errors:
-        raise ConfigError(errors)
+def register_axis(protocol: Any, registry: Registry[type]) -> None:
+    """Declare that fields annotated with ``protocol`` hold a strategy from ``registry``: a union tagged by its
+    ``name`` key (a bare name is short for ``{name = ...}``). The registry stays open: names added later work."""
+    _AXES[protocol] = registry
+    converter.register_structure_hook_func(lambda tp: tp is protocol, lambda value, _: _strategy(value, registry))
+    converter.register_unstructure_hook_func(lambda tp: tp is protocol, converter.unstructure)  # by its own class
+
+
+def _describe(exc: BaseException, tp: Any) -> str:
+    if isinstance(exc, ConfigError):
+        return "\n".join(exc.lines)
+    if isinstance(exc, KeyError) and exc.args:  # cattrs' generated hook looked the field up
+        return f"missing required key {exc.args[0]!r}"
+    if isinstance(exc, (TypeError, ValueError, LookupError)):
+        return str(exc)
+    return format_exception(exc, tp)
+
+
+def _lines(exc: BaseException, path: str) -> Iterator[str]:
+    for line in cattrs.transform_error(exc, path, format_exception=_describe):
+        message, _, where = line.rpartition(" @ ")
+        for part in message.split("\n"):  # a ConfigError's own lines: their paths are relative to ``where``
+            text, nested, rest = part.rpartition(" @ $")
+            yield f"{text} @ {where}{rest}" if nested else f"{part} @ {where}"
+
+
+def structure(data: Any, cls: type[T], *, path: str = "$") -> T:
+    """Build a config of type ``cls`` from plain data, raising :class:`ConfigError` with every problem found, one
+    ``message @ path`` line each (``path`` names where ``data`` sits in a larger config)."""
     try:
-        return cls(**values)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(_messages(exc, path)) from None
-
-
-def structure(data: Any, cls: type[T]) -> T:
-    """Build a config of type ``cls`` from plain data, raising :class:`ConfigError` with every problem found."""
-    return _structure_at(data, cls, "$")  # type: ignore[no-any-return]
+        return converter.structure(data, cls)
+    except Exception as exc:  # cattrs' error groups, the strict hooks' and the validators' errors: all become lines
+        raise ConfigError(list(_lines(exc, path))) from None
 
 
 def unstructure(obj: Any) -> Any:
     """Plain data (dicts, lists, numbers, strings) for a config; strategies carry their registry ``name`` first."""
-    if attrs.has(type(obj)):
-        out: dict[str, Any] = {}
-        name = getattr(type(obj), "strategy_name", None)
-        if name is not None:
-            out["name"] = name
-        for field in attrs.fields(type(obj)):
-            if field.init:
-                out[field.name] = unstructure(getattr(obj, field.name))
-        return out
-    if isinstance(obj, (tuple, list)):
-        return [unstructure(x) for x in obj]
-    if isinstance(obj, Mapping):
-        return {k: unstructure(x) for k, x in obj.items()}
     return converter.unstructure(obj)
 
 

@@ -36,14 +36,17 @@ class ConfigError(DeepKDError, ValueError):
 
 
 class UnknownStrategyError(DeepKDError, LookupError):
-    """A strategy name is not registered; the message lists the known names and the closest match."""
+    """A name is not registered (a strategy, a model, a data set); the message lists the known names and the closest
+    match."""
 
-    def __init__(self, axis: str, name: str, known: Iterable[str], suggestion: str | None) -> None:
+    def __init__(
+        self, axis: str, name: str, known: Iterable[str], suggestion: str | None, kind: str | None = None
+    ) -> None:
         self.axis, self.name, self.known, self.suggestion = axis, name, tuple(known), suggestion
+        kind = kind or f"{axis} strategy"  # what the registry holds: "momentum strategy", "model", "data set"...
+        kinds = kind[:-1] + "ies" if kind.endswith("y") else kind + "s"
         hint = f" Did you mean {suggestion!r}?" if suggestion else ""
-        super().__init__(
-            f"unknown {axis} strategy {name!r}.{hint} Known {axis} strategies: {', '.join(self.known) or '(none)'}."
-        )
+        super().__init__(f"unknown {kind} {name!r}.{hint} Known {kinds}: {', '.join(self.known) or '(none)'}.")
 
     def __str__(self) -> str:  # LookupError would otherwise quote the message like a dict key
         return str(self.args[0])

@@ -47,11 +47,13 @@ from torch.utils.data import DataLoader
 from deepkd import config as cfg
 from deepkd.callbacks import Callback
 from deepkd.checkpoint import load_checkpoint, read_state_dict
-from deepkd.compose import Recipe
 from deepkd.data import IndexedDataset, get_dataset, make_loaders
 from deepkd.errors import CheckpointError, ConfigError
+from deepkd.metrics import History, evaluate
 from deepkd.models import build_model
-from deepkd.trainer import History, TrainConfig, Trainer, evaluate
+from deepkd.recipe import Recipe
+from deepkd.train_config import TrainConfig
+from deepkd.trainer import Trainer
 from deepkd.utils import resolve_device, seed_everything
 from deepkd.validators import integer
 

@@ -26,21 +26,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Protocol
 
 import attrs
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 from deepkd import config as cfg
-from deepkd.registry import Registry
+from deepkd.registry import C, Registry
+from deepkd.types import ScheduleStrategy
 from deepkd.validators import real
 
 __all__ = [
     "SCHEDULES",
     "Constant",
     "Cosine",
-    "ScheduleProtocol",
     "Step",
     "lr_lambda",
     "lr_scheduler",
@@ -48,27 +47,12 @@ __all__ = [
 ]
 
 
-class ScheduleProtocol(Protocol):
-    """What a registered schedule provides."""
-
-    def factor(self, t: float, epochs: int) -> float:
-        """The learning-rate multiplier after ``t`` (fractional) epochs of an ``epochs``-epoch run."""
-        ...
-
-
 SCHEDULES: Registry[type] = Registry("schedule")
 
 
-def register_schedule(name: str, *, replace: bool = False) -> Callable[[type], type]:
+def register_schedule(name: str, *, replace: bool = False) -> Callable[[C], C]:
     """Register a schedule class (a frozen attrs class with ``factor(t, epochs)``) under ``name``."""
-
-    def decorator(cls: type) -> type:
-        if not attrs.has(cls):
-            raise TypeError(f"schedule {name!r} must be an attrs class, got {cls!r}")
-        cls.strategy_name = name  # type: ignore[attr-defined]  # the tag written by deepkd.config.unstructure
-        return SCHEDULES.register(name, replace=replace)(cls)
-
-    return decorator
+    return SCHEDULES.register_class(name, replace=replace)
 
 
 def _warm(t: float, warmup: float, start: float) -> float | None:
@@ -134,10 +118,10 @@ class Cosine:
         return self.min_factor + 0.5 * (1.0 - self.min_factor) * (1.0 + math.cos(math.pi * progress))
 
 
-cfg.register_axis(ScheduleProtocol, SCHEDULES)
+cfg.register_axis(ScheduleStrategy, SCHEDULES)
 
 
-def lr_lambda(schedule: ScheduleProtocol, steps_per_epoch: int, epochs: int) -> Callable[[int], float]:
+def lr_lambda(schedule: ScheduleStrategy, steps_per_epoch: int, epochs: int) -> Callable[[int], float]:
     """The ``LambdaLR`` factor of the global step (0-based) for ``schedule``."""
     if steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch must be at least 1, got {steps_per_epoch}")
@@ -148,6 +132,6 @@ def lr_lambda(schedule: ScheduleProtocol, steps_per_epoch: int, epochs: int) -> 
     return factor
 
 
-def lr_scheduler(optimizer: Optimizer, schedule: ScheduleProtocol, steps_per_epoch: int, epochs: int) -> LambdaLR:
+def lr_scheduler(optimizer: Optimizer, schedule: ScheduleStrategy, steps_per_epoch: int, epochs: int) -> LambdaLR:
     """A :class:`LambdaLR` stepping ``schedule`` once per optimizer step (call ``scheduler.step()`` after each)."""
     return LambdaLR(optimizer, lr_lambda(schedule, steps_per_epoch, epochs))

@@ -13,9 +13,10 @@ from hypothesis import strategies as st
 
 import deepkd
 from deepkd import config as cfg
-from deepkd.compose import Recipe
 from deepkd.errors import ConfigError, UnknownStrategyError
 from deepkd.momentum import merged_plan
+from deepkd.recipe import Recipe
+from deepkd.registry import Registry, name_of
 
 # ----------------------------------------------------------------------------------------------- strategies
 finite = dict(allow_nan=False, allow_infinity=False)
@@ -57,9 +58,11 @@ STRATEGIES: dict[tuple[str, str], st.SearchStrategy] = {
         w_ce=nonneg,
         standardize=st.booleans(),
     ),
-    ("momentum", "sgd"): st.builds(deepkd.SGD),
+    ("momentum", "sgd"): st.builds(deepkd.PlainMomentum),
     ("momentum", "dot"): st.builds(deepkd.DOT, delta=offset),
-    ("momentum", "fixed"): st.builds(deepkd.Fixed, tog=offset, tcg=offset, ncg=offset, reference_quirks=st.booleans()),
+    ("momentum", "fixed"): st.builds(
+        deepkd.FixedOffsets, tog=offset, tcg=offset, ncg=offset, reference_quirks=st.booleans()
+    ),
     ("momentum", "gsnr"): st.builds(
         deepkd.GSNR,
         delta=st.floats(0.0, 0.09, **finite),
@@ -95,7 +98,7 @@ def recipes(draw: st.DrawFn) -> Recipe:
     loss = draw(_axis("loss"), label="loss")
     momentum = draw(_axis("momentum"), label="momentum")
     if (
-        isinstance(momentum, deepkd.Fixed)
+        isinstance(momentum, deepkd.FixedOffsets)
         and momentum.reference_quirks
         and tuple(loss.part_names) != ("task", "tckd", "nckd")
     ):
@@ -118,7 +121,7 @@ def test_round_trip_dict(recipe: Recipe) -> None:
     data = recipe.to_dict()
     assert json.loads(json.dumps(data)) == data  # plain data only
     for axis in ("loss", "momentum", "mask"):
-        assert data[axis]["name"] == type(getattr(recipe, axis)).strategy_name
+        assert data[axis]["name"] == name_of(getattr(recipe, axis))
     assert Recipe.from_dict(data) == recipe
     assert deepkd.build(data) == recipe
     assert deepkd.compose(**{k: data[k] for k in ("loss", "momentum", "mask")}, name=recipe.name) == recipe
@@ -286,7 +289,7 @@ def test_constructor_accepted_configs_round_trip(make) -> None:
 
 
 def _axis_of(strategy: object) -> str:
-    return next(a for a, reg in REGISTRIES.items() if type(strategy) in {reg.get(n) for n in reg.names()})
+    return next(a for a, reg in REGISTRIES.items() if reg.name_for(type(strategy)) is not None)
 
 
 # ----------------------------------------------------------------------------------------------- readability
@@ -352,7 +355,7 @@ def test_user_registered_momentum() -> None:
         assert deepkd.MOMENTA.get("mine") is Mine
         # usable end to end
         model = torch.nn.Linear(4, 3)
-        opt = r2.optimizer(model.parameters(), lr=0.1)
+        opt = deepkd.DistillOptimizer(model.parameters(), r2, lr=0.1)
         x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
         out = opt.distill_step(model(x), torch.randn(8, 3), y, epoch=1)
         assert out.momenta == pytest.approx({"task": 0.85, "tckd": 0.95, "nckd": 0.95})
@@ -378,7 +381,60 @@ def test_refused_registration_leaves_the_class_untouched() -> None:
     try:
         with pytest.raises(ValueError, match="already registered"):
             deepkd.register_momentum("gsnr")(_Other)
-        assert _Other.strategy_name == "other_thing"
+        assert name_of(_Other) == "other_thing"
         assert deepkd.compose(loss="kd", momentum=_Other()).to_dict()["momentum"] == {"name": "other_thing"}
     finally:
         deepkd.MOMENTA.unregister("other_thing")
+    assert name_of(_Other) == "_Other"  # the registry is the one record of the name
+
+
+def test_name_of_and_the_registered_instance_validator() -> None:
+    assert (name_of(deepkd.GSNR()), name_of(deepkd.GSNR), name_of(_Other())) == ("gsnr", "gsnr", "_Other")
+
+    @attrs.frozen
+    class Holder:
+        momentum: object = attrs.field(validator=deepkd.MOMENTA.validator())
+
+    assert Holder(deepkd.DOT()).momentum == deepkd.DOT()
+    with pytest.raises(TypeError) as info:
+        Holder(_Other())
+    known = ", ".join(deepkd.MOMENTA.names())
+    assert str(info.value) == f"momentum must be an instance of a registered momentum strategy ({known}), got _Other()"
+
+
+def test_registry_kinds_read_naturally() -> None:
+    from deepkd.data import DATASETS
+    from deepkd.models import MODELS
+
+    with pytest.raises(UnknownStrategyError, match=r"^unknown model 'resnt8'\. Did you mean .* Known models: "):
+        MODELS.get("resnt8")
+    with pytest.raises(UnknownStrategyError, match=r"^unknown data set 'digts'\. Did you mean .* Known data sets: "):
+        DATASETS.get("digts")
+    with pytest.raises(ValueError, match=r"^widget names must be identifiers"):
+        Registry("thing", kind="widget").register("not a name")
+
+
+@attrs.frozen(kw_only=True)
+class _Checked:
+    """A momentum strategy that structures a sub-config itself and so may raise a ConfigError with its own paths."""
+
+    inner: dict = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        cfg.structure(self.inner, Mine)
+
+    def plan(self, parts):
+        return merged_plan(parts, {p: 0.0 for p in parts})
+
+
+def test_config_errors_raised_inside_a_hook_get_the_outer_path() -> None:
+    deepkd.register_momentum("checked")(_Checked)
+    try:
+        with pytest.raises(ConfigError) as info:
+            Recipe.from_dict({"momentum": {"name": "checked", "inner": {"shift": 0.7, "shiftt": 1}}})
+        assert sorted(info.value.lines) == [
+            "'shift' must be < 0.5: 0.7 @ $.momentum.shift",
+            "unknown key 'shiftt' for Mine; did you mean 'shift'? Valid keys: shift @ $.momentum.shiftt",
+        ]
+    finally:
+        deepkd.MOMENTA.unregister("checked")

@@ -74,7 +74,7 @@ def test_step_warmup_then_decay():
 
 def test_lambdalr_drives_distill_optimizer_without_warnings():
     model = torch.nn.Linear(4, 3)
-    opt = deepkd.compose(loss="kd", momentum="dot", mask="none").optimizer(model.parameters(), lr=0.05)
+    opt = deepkd.DistillOptimizer(model.parameters(), deepkd.compose(loss="kd", momentum="dot", mask="none"), lr=0.05)
     sched = lr_scheduler(opt, Step(milestones=(2,)), steps_per_epoch=3, epochs=3)
     seen = []
     with warnings.catch_warnings():
@@ -111,3 +111,27 @@ def test_schedules_are_tagged_configs():
 def test_bad_schedule_configs_are_rejected(text, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         cfg.loads(text, TrainConfig)
+
+
+def test_refused_schedule_registration_leaves_the_class_untouched():
+    """A schedule whose registration is refused (the name is taken) keeps the name it was registered under."""
+    import attrs
+
+    from deepkd.registry import name_of
+    from deepkd.schedules import register_schedule
+
+    @attrs.frozen(kw_only=True)
+    class Mine:
+        def factor(self, t: float, epochs: int) -> float:
+            return 1.0
+
+    register_schedule("mine")(Mine)
+    try:
+        with pytest.raises(ValueError, match="'step' is already registered"):
+            register_schedule("step")(Mine)
+        assert SCHEDULES.get("step") is Step and name_of(Mine) == "mine"
+        assert vars(Mine).get("strategy_name", "mine") == "mine"  # and the class tag, while there is one
+        assert cfg.unstructure(TrainConfig(schedule=Mine()))["schedule"] == {"name": "mine"}
+        assert cfg.loads('schedule = "mine"', TrainConfig).schedule == Mine()  # registered after import
+    finally:
+        SCHEDULES.unregister("mine")

@@ -32,7 +32,7 @@ class DatasetInfo:
 
 
 Splits = tuple[Dataset[Any], Dataset[Any], DatasetInfo]
-DATASETS: Registry[Callable[..., Splits]] = Registry("dataset")
+DATASETS: Registry[Callable[..., Splits]] = Registry("dataset", kind="data set")
 
 
 @DATASETS.register("fashion_mnist")

@@ -12,7 +12,7 @@ __all__ = ["MODELS", "ModelBuilder", "register_model"]
 
 ModelBuilder = Callable[..., nn.Module]
 
-MODELS: Registry[ModelBuilder] = Registry("model")
+MODELS: Registry[ModelBuilder] = Registry("model", kind="model")
 
 
 def register_model(name: str, *, replace: bool = False) -> Callable[[ModelBuilder], ModelBuilder]:

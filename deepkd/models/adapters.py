@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from deepkd.errors import InputError
+from deepkd.models.common import ClassifierNet
 
 __all__ = ["LogitsOnly", "as_logits_model"]
 
@@ -56,8 +57,6 @@ def extract_logits(out: object, index: int = 0, key: str = "logits", source: str
 
 def _returns_tensor(module: nn.Module) -> bool:
     """Whether ``module`` is known to return a plain logits tensor without running it."""
-    from deepkd.models.common import ClassifierNet
-
     if isinstance(module, (LogitsOnly, ClassifierNet)):
         return True
     # torchvision's classifiers live in torchvision.models.<arch> (detection, segmentation... one level deeper);
