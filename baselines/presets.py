@@ -96,12 +96,12 @@ def cifar100(method: str, teacher: str = "resnet32x4", student: str = "resnet8x4
     deep_kd = deepkd.KD(temperature=4.0, w_ce=w_ce, w_kd=w_kd)
     if method == "deepkd_paper":
         return deepkd.compose(
-            loss=deep_kd, momentum=deepkd.Fixed(tog=0.075, tcg=tcg, ncg=ncg), mask="dynamic", name="deepkd_paper"
+            loss=deep_kd, momentum=deepkd.FixedOffsets(tog=0.075, tcg=tcg, ncg=ncg), mask="dynamic", name="deepkd_paper"
         )
     if method == "deepkd_official":
         return deepkd.compose(
             loss=deepkd.KD(temperature=4.0, w_ce=w_ce, w_kd=w_kd, split="official"),
-            momentum=deepkd.Fixed(tog=0.075, tcg=tcg, ncg=ncg, reference_quirks=True),
+            momentum=deepkd.FixedOffsets(tog=0.075, tcg=tcg, ncg=ncg, reference_quirks=True),
             mask="none",
             name="deepkd_official",
         )
@@ -124,12 +124,12 @@ def imagenet(method: str) -> deepkd.Recipe:
         return deepkd.compose(loss=dkd, momentum=deepkd.GSNR(delta=0.09), mask=mask, name="deepkd")
     if method == "deepkd_paper":
         return deepkd.compose(
-            loss=kd, momentum=deepkd.Fixed(tog=0.075, tcg=-0.075, ncg=0.075), mask=mask, name="deepkd_paper"
+            loss=kd, momentum=deepkd.FixedOffsets(tog=0.075, tcg=-0.075, ncg=0.075), mask=mask, name="deepkd_paper"
         )
     if method == "deepkd_official":
         return deepkd.compose(
             loss=deepkd.KD(temperature=1.0, w_ce=0.5, w_kd=0.5, split="official"),
-            momentum=deepkd.Fixed(tog=0.075, tcg=-0.075, ncg=0.075, reference_quirks=True),
+            momentum=deepkd.FixedOffsets(tog=0.075, tcg=-0.075, ncg=0.075, reference_quirks=True),
             mask="none",
             name="deepkd_official",
         )

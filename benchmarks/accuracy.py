@@ -271,12 +271,12 @@ def recipes(
         "dot": deepkd.compose(loss=kd, momentum=deepkd.DOT(delta=0.075), mask="none", name="dot"),
         # DeepKD paper-intent
         "deepkd_fixed": deepkd.compose(
-            loss=kd, momentum=deepkd.Fixed(), mask=deepkd.DynamicMask(), name="deepkd_fixed"
+            loss=kd, momentum=deepkd.FixedOffsets(), mask=deepkd.DynamicMask(), name="deepkd_fixed"
         ),
         "deepkd_gsnr": deepkd.compose(loss=dkd, momentum=gsnr, mask=deepkd.DynamicMask(), name="deepkd_gsnr"),
         "deepkd_official": deepkd.compose(
             loss=deepkd.KD(temperature=4.0, w_ce=0.1, w_kd=0.9, split="official"),
-            momentum=deepkd.Fixed(reference_quirks=True),
+            momentum=deepkd.FixedOffsets(reference_quirks=True),
             mask="none",
             name="deepkd_official",
         ),

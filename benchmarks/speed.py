@@ -11,6 +11,7 @@ What is measured, per setup:
 - the official code's pattern: three ``backward(retain_graph=True)`` calls and a per-parameter momentum loop;
 - sequential against batched decomposition; ``torch._foreach_*`` against per-tensor updates (and the update alone);
 - teacher logits precomputed (the teacher-logit cache) against a teacher forward; bf16 autocast against float32;
+- the per-step input checks: every step, the default (``auto``), and none;
 - memory per recipe, counted exactly: momentum buffers and GSNR state (kept between steps) and the per-group
   gradients a step holds, against the parameters' own memory;
 - the GSNR estimator's cost: a step that estimates GSNR (``interval=1``: the split estimator's extra gradient
@@ -62,10 +63,12 @@ RECIPES: dict[str, deepkd.Recipe] = {
     # official deltas (+.075, -.075, +.075): task and NCKD share a coefficient, so two products
     "deepkd_fixed": deepkd.compose(loss="kd", momentum="fixed", mask="none"),
     # three distinct deltas: three products, no GSNR: the baseline against which GSNR's cost is measured
-    "deepkd_fixed3": deepkd.compose(loss="kd", momentum=deepkd.Fixed(tog=0.075, tcg=-0.075, ncg=0.05), mask="none"),
+    "deepkd_fixed3": deepkd.compose(
+        loss="kd", momentum=deepkd.FixedOffsets(tog=0.075, tcg=-0.075, ncg=0.05), mask="none"
+    ),
     "deepkd_gsnr": deepkd.compose(loss="dkd", momentum="gsnr", mask="dynamic"),
     "deepkd_official": deepkd.compose(
-        loss=deepkd.KD(split="official"), momentum=deepkd.Fixed(reference_quirks=True), mask="none"
+        loss=deepkd.KD(split="official"), momentum=deepkd.FixedOffsets(reference_quirks=True), mask="none"
     ),
 }
 
@@ -137,8 +140,7 @@ def _state_bytes(opt: deepkd.DistillOptimizer) -> tuple[int, int]:
         return 0
 
     momentum = sum(size(s.buffers) for s in opt.momentum_states)
-    gsnr = sum(size(tuple(s)) for s in opt._gsnr_states)
-    return momentum, gsnr
+    return momentum, size(opt.rule_state)  # the offset rule's state: the GSNR estimates, when measured
 
 
 def bench_setup(name: str, profile: dict[str, Any], seed: int = 0, device: str = "cpu") -> dict[str, Any]:
@@ -180,22 +182,38 @@ def bench_setup(name: str, profile: dict[str, Any], seed: int = 0, device: str =
         return step
 
     for rname, recipe in RECIPES.items():
-        opts[rname] = recipe.optimizer(student.parameters(), lr=1e-4, weight_decay=5e-4)
+        opts[rname] = deepkd.DistillOptimizer(student.parameters(), recipe, lr=1e-4, weight_decay=5e-4)
         bench.add(rname, recipe_step(opts[rname]))
     gsnr_recipe = RECIPES["deepkd_gsnr"]
     bench.add(
         "deepkd_gsnr[batched]",
-        recipe_step(gsnr_recipe.optimizer(student.parameters(), lr=1e-4, decomposition="batched")),
+        recipe_step(deepkd.DistillOptimizer(student.parameters(), gsnr_recipe, lr=1e-4, decomposition="batched")),
     )
-    bench.add("deepkd_gsnr[foreach]", recipe_step(gsnr_recipe.optimizer(student.parameters(), lr=1e-4, foreach=True)))
-    every = gsnr_recipe.replace(momentum=attrs.evolve(gsnr_recipe.momentum, interval=1))
-    bench.add("deepkd_gsnr[estimate every step]", recipe_step(every.optimizer(student.parameters(), lr=1e-4)))
-    bench.add("kd[cached teacher]", recipe_step(RECIPES["kd"].optimizer(student.parameters(), lr=1e-4), cached=True))
     bench.add(
-        "deepkd_gsnr[cached teacher]", recipe_step(gsnr_recipe.optimizer(student.parameters(), lr=1e-4), cached=True)
+        "deepkd_gsnr[foreach]",
+        recipe_step(deepkd.DistillOptimizer(student.parameters(), gsnr_recipe, lr=1e-4, foreach=True)),
     )
-    bench.add("kd[bf16]", recipe_step(RECIPES["kd"].optimizer(student.parameters(), lr=1e-4), amp=True))
-    bench.add("deepkd_gsnr[bf16]", recipe_step(gsnr_recipe.optimizer(student.parameters(), lr=1e-4), amp=True))
+    every = gsnr_recipe.replace(momentum=attrs.evolve(gsnr_recipe.momentum, interval=1))
+    bench.add(
+        "deepkd_gsnr[estimate every step]", recipe_step(deepkd.DistillOptimizer(student.parameters(), every, lr=1e-4))
+    )
+    bench.add(
+        "kd[cached teacher]",
+        recipe_step(deepkd.DistillOptimizer(student.parameters(), RECIPES["kd"], lr=1e-4), cached=True),
+    )
+    bench.add(
+        "deepkd_gsnr[cached teacher]",
+        recipe_step(deepkd.DistillOptimizer(student.parameters(), gsnr_recipe, lr=1e-4), cached=True),
+    )
+    bench.add("kd[bf16]", recipe_step(deepkd.DistillOptimizer(student.parameters(), RECIPES["kd"], lr=1e-4), amp=True))
+    # input checks: the default ("auto", the "kd" row) reads the labels back every step on the CPU and on the first
+    # step only on CUDA; True reads them every step, False checks nothing
+    for check in (True, False):
+        opt = deepkd.DistillOptimizer(student.parameters(), RECIPES["kd"], lr=1e-4, check_inputs=check)
+        bench.add(f"kd[check_inputs={check}]", recipe_step(opt))
+    bench.add(
+        "deepkd_gsnr[bf16]", recipe_step(deepkd.DistillOptimizer(student.parameters(), gsnr_recipe, lr=1e-4), amp=True)
+    )
 
     floor_loss = deepkd.DKD()
     groups = (("task",), ("tckd",), ("nckd",))

@@ -8,10 +8,15 @@ A run directory holds, rewritten after every epoch:
 - ``best.pt``: the same, from the epoch with the best test top-1 so far;
 - ``student.pt``: the latest student's plain ``state_dict`` (``model.load_state_dict(torch.load(path))``).
 
+and, written once when the run starts, ``config.toml`` (the run's config, :data:`CONFIG_FILE`).
+
 Each file is written to a temporary file in the same directory, flushed to disk, then renamed over the old one, so a
 crash leaves either the old or the new file, never a torn one. Every file loads with
 ``torch.load(weights_only=True)``. Reading a corrupt, truncated or foreign file raises
 :class:`~deepkd.errors.CheckpointError` and never changes anything on disk.
+
+:class:`RunDir` is that directory as the trainer sees it: :meth:`RunDir.open` refuses to overwrite a run by accident
+and loads ``latest.pt`` when resuming (before anything is written), :meth:`RunDir.save` writes one epoch's files.
 """
 
 from __future__ import annotations
@@ -19,27 +24,41 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+from torch import nn
 
-from deepkd.errors import CheckpointError
+from deepkd import config as cfg
+from deepkd._version import __version__
+from deepkd.errors import CheckpointError, ConfigError
+from deepkd.recipe import same_method
+from deepkd.utils import is_main_process
 
 __all__ = [
     "BEST",
+    "CONFIG_FILE",
     "FORMAT",
     "LATEST",
     "STUDENT",
+    "RunDir",
+    "check_resumable",
+    "check_state_dict",
     "copy_atomic",
     "load_checkpoint",
+    "pack_state",
     "read_state_dict",
     "save_atomic",
+    "unpack_state",
 ]
+
+T = TypeVar("T")
 
 FORMAT = "deepkd-checkpoint"
 LATEST, BEST, STUDENT = "latest.pt", "best.pt", "student.pt"
+CONFIG_FILE = "config.toml"
 REQUIRED_KEYS = (
     "format",
     "version",
@@ -125,8 +144,6 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         CheckpointError: the file is missing, unreadable, not a deepkd checkpoint, lacks keys, or was written by
             another major version of deepkd.
     """
-    from deepkd import __version__
-
     path = Path(path)
     data = _read(path)
     if not isinstance(data, Mapping) or data.get("format") != FORMAT:
@@ -165,3 +182,144 @@ def _is_state_dict(data: object) -> bool:
         and len(data) > 0
         and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items())
     )
+
+
+def check_state_dict(model: nn.Module, saved: Mapping[str, Any]) -> None:
+    """Raise :class:`CheckpointError` unless ``saved`` has exactly ``model``'s keys and shapes."""
+    if not isinstance(saved, Mapping):
+        raise CheckpointError(f"the checkpoint's student weights are malformed ({type(saved).__name__})")
+    own = model.state_dict()
+    problems = [f"missing {k}" for k in own if k not in saved]
+    problems += [f"unexpected {k}" for k in saved if k not in own]
+    problems += [
+        f"{k}: saved {tuple(saved[k].shape)}, model {tuple(t.shape)}"
+        for k, t in own.items()
+        if k in saved and isinstance(saved[k], torch.Tensor) and saved[k].shape != t.shape
+    ]
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise CheckpointError(f"the checkpoint's student does not fit this model: {'; '.join(problems[:5])}{more}")
+
+
+def check_recipe(saved: object, mine: Mapping[str, Any], what: str) -> None:
+    """Raise :class:`CheckpointError` unless ``saved`` (a recipe as plain data) describes the same method as
+    ``mine`` (:func:`~deepkd.recipe.same_method`: the ``name`` label aside); ``what`` names the saved thing."""
+    if not isinstance(saved, Mapping) or not same_method(saved, mine):
+        raise CheckpointError(f"{what} was written by another recipe: saved {saved}, this run uses {mine}")
+
+
+def check_resumable(state: Mapping[str, Any], student: nn.Module, steps_per_epoch: int) -> tuple[int, int]:
+    """``(epoch, global_step)`` of a training checkpoint, once checked to fit ``student`` (:func:`check_state_dict`)
+    and a train_loader of ``steps_per_epoch`` batches (the schedule and data order count steps).
+
+    Raises:
+        CheckpointError: the student's keys or shapes differ, or the step count does not match the epochs.
+    """
+    check_state_dict(student, state["student"])
+    epoch, step = int(state["epoch"]), int(state["global_step"])
+    if step != epoch * steps_per_epoch:
+        raise CheckpointError(
+            f"the checkpoint took {step} steps in {epoch} epochs, but this train_loader has {steps_per_epoch} "
+            "batches per epoch (did the data set, batch_size or drop_last change?)"
+        )
+    return epoch, step
+
+
+class RunDir:
+    """A run directory: where ``latest.pt``, ``best.pt``, ``student.pt`` and ``config.toml`` live.
+
+    >>> RunDir("runs/a").path.name
+    'a'
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def open(
+        self, *, resume: bool, overwrite: bool, run_config: object, load: Callable[[dict[str, Any]], None]
+    ) -> None:
+        """Start or continue the run: with ``resume``, pass ``latest.pt`` (when it exists) to ``load``; without it,
+        refuse a directory that holds a run unless ``overwrite``. Then (main process only) create the directory and
+        write ``config.toml``, so a refused or failed ``load`` leaves every file as it was.
+
+        Raises:
+            ConfigError: the directory holds a run and neither ``resume`` nor ``overwrite`` is set.
+            CheckpointError: ``latest.pt`` is unreadable (or ``load`` refuses it).
+        """
+        latest = self.path / LATEST
+        if latest.exists():
+            if resume:
+                load(load_checkpoint(latest))
+            elif not overwrite:
+                raise ConfigError(
+                    f"{str(self.path)!r} already holds a run ({LATEST}); resume it (resume=True, "
+                    "`deepkd train --resume`), start over (overwrite=True, `--overwrite`), or choose another run_dir"
+                )
+        if is_main_process():
+            self.path.mkdir(parents=True, exist_ok=True)
+            cfg.dump(run_config, self.path / CONFIG_FILE)
+
+    def save(self, state: Mapping[str, Any], best: bool) -> None:
+        """Write one epoch's checkpoints (call it on the main process only). ``best.pt`` comes first and
+        ``latest.pt`` is a copy of it, so a crash never leaves ``best.pt`` behind ``latest.pt``; ``student.pt``
+        (``state["student"]``) comes last."""
+        if best:
+            save_atomic(state, self.path / BEST)
+            copy_atomic(self.path / BEST, self.path / LATEST)
+        else:
+            save_atomic(state, self.path / LATEST)
+        save_atomic(state["student"], self.path / STUDENT)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Strategy states (NamedTuples of tensors, possibly nested) as plain data inside an optimizer's state_dict.
+
+
+def pack_state(state: Any) -> Any:
+    """A strategy state as plain data loadable with ``weights_only=True``: NamedTuples become dicts of their fields,
+    tuples lists; tensors, numbers and ``None`` stay as they are."""
+    if isinstance(state, tuple) and hasattr(state, "_fields"):
+        return {name: pack_state(value) for name, value in zip(state._fields, state)}
+    if isinstance(state, (tuple, list)):
+        return [pack_state(value) for value in state]
+    return state
+
+
+def unpack_state(data: Any, like: T, what: str) -> T:
+    """The state saved by :func:`pack_state`, rebuilt in the structure of ``like`` (the state this run built),
+    with every tensor checked against ``like``'s shape and moved to its device.
+
+    Raises:
+        CheckpointError: the saved state has other fields, lengths or tensor shapes than ``like``.
+    """
+
+    def rebuild(saved: Any, ref: Any, path: str) -> Any:
+        if isinstance(ref, tuple) and hasattr(ref, "_fields"):
+            if not isinstance(saved, Mapping) or set(saved) != set(ref._fields):
+                names = set(saved) if isinstance(saved, Mapping) else set()
+                missing, extra = sorted(set(ref._fields) - names), sorted(names - set(ref._fields))
+                raise CheckpointError(
+                    f"the saved {what} is incomplete or malformed at {path}: missing {missing}, unexpected {extra}"
+                )
+            return type(ref)(*(rebuild(saved[f], getattr(ref, f), f"{path}.{f}") for f in ref._fields))
+        if isinstance(ref, tuple):
+            if not isinstance(saved, (list, tuple)) or len(saved) != len(ref):
+                got = f"{len(saved)} entries" if isinstance(saved, (list, tuple)) else type(saved).__name__
+                raise CheckpointError(
+                    f"the saved {what} shapes do not match this model's parameters at {path}: "
+                    f"saved {got}, expected {len(ref)} entries"
+                )
+            return tuple(rebuild(s, r, f"{path}[{i}]") for i, (s, r) in enumerate(zip(saved, ref)))
+        if isinstance(ref, torch.Tensor):
+            if not isinstance(saved, torch.Tensor) or saved.shape != ref.shape:
+                shape = tuple(saved.shape) if isinstance(saved, torch.Tensor) else type(saved).__name__
+                raise CheckpointError(
+                    f"the saved {what} shapes do not match this model's parameters at {path}: "
+                    f"saved {shape}, expected {tuple(ref.shape)}"
+                )
+            return saved.to(ref.device)
+        if (ref is None) != (saved is None):
+            raise CheckpointError(f"the saved {what} does not match this configuration at {path}")
+        return saved
+
+    return rebuild(data, like, "$")  # type: ignore[no-any-return]

@@ -20,13 +20,13 @@ Two paths, tested equal:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Literal
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-__all__ = ["Mode", "decompose", "group_losses"]
+__all__ = ["Mode", "by_param_group", "decompose", "decompose_splits", "group_losses", "trainable", "zero_filled"]
 
 Mode = Literal["sequential", "batched"]
 
@@ -82,3 +82,57 @@ def decompose(
         ]
         return [[gp[i] for gp in per_param] for i in range(len(losses))]
     raise ValueError(f"mode must be 'sequential' or 'batched', got {mode!r}")
+
+
+def decompose_splits(
+    parts_of: Callable[[Tensor], Mapping[str, Tensor]],
+    batch: int,
+    splits: int,
+    groups: Sequence[Sequence[str]],
+    params: Sequence[Tensor],
+    *,
+    mode: Mode = "sequential",
+    device: torch.device | str = "cpu",
+) -> tuple[list[list[list[Tensor]]], list[int]] | None:
+    """Each group's gradient on ``splits`` disjoint, contiguous parts of a batch of ``batch`` samples.
+
+    ``parts_of(index)`` builds the loss parts of the samples ``index`` (on ``device``) from the batch's forward pass,
+    whose graph is kept for the step's own gradients. Returns ``(grads[part][group][param], part sizes)``, or
+    ``None`` when the batch has fewer than ``splits`` samples.
+    """
+    if batch < splits:
+        return None
+    chunks = torch.arange(batch, device=device).chunk(splits)
+    grads = [decompose(parts_of(idx), groups, params, mode=mode, retain_graph=True) for idx in chunks]
+    return grads, [len(idx) for idx in chunks]
+
+
+def by_param_group(grads: Sequence[Sequence[Tensor]], active: Sequence[Sequence[bool]]) -> list[list[list[Tensor]]]:
+    """Cut ``grads[group][param]`` over the trainable parameters of all param groups into
+    ``[param group][group][param]``; ``active[i]`` says which parameters of param group ``i`` are trainable."""
+    out, start = [], 0
+    for act in active:
+        n = sum(act)
+        out.append([list(g[start : start + n]) for g in grads])
+        start += n
+    return out
+
+
+def trainable(param_groups: Sequence[Mapping[str, Any]]) -> tuple[list[list[bool]], list[Tensor]]:
+    """Which parameters of each param group take gradients now, and those parameters as one flat list."""
+    active = [[bool(p.requires_grad) for p in g["params"]] for g in param_groups]
+    flat = [p for g, act in zip(param_groups, active) for p, a in zip(g["params"], act) if a]
+    return active, flat
+
+
+def zero_filled(
+    grads: Sequence[Sequence[Tensor]], active: Sequence[bool], params: Sequence[Tensor]
+) -> list[list[Tensor]]:
+    """One param group's ``grads[group][trainable param]`` with zeros for its parameters that take no gradient."""
+    if all(active):
+        return [list(g) for g in grads]
+    filled = []
+    for group in grads:
+        it = iter(group)
+        filled.append([next(it) if a else torch.zeros_like(p) for a, p in zip(active, params)])
+    return filled

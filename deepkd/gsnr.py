@@ -10,7 +10,7 @@ non-target-class gradients), the ratio of sums
 the variance-weighted mean of the per-coordinate GSNRs, which stays finite when single coordinates have zero
 variance. Two estimators:
 
-- ``split`` (default), at fixed parameters: at an estimation step the batch of :math:`n` samples is split into
+- ``split``, at fixed parameters: at an estimation step the batch of :math:`n` samples is split into
   :math:`M` disjoint parts, and each component's gradient :math:`g_m` is taken on each part (same parameters).
   With :math:`\bar g = \sum_m n_m g_m / n` (the step's gradient), the per-sample variance is estimated without bias
   by :math:`\hat\sigma^2_j = \sum_m n_m (g_{m,j} - \bar g_j)^2 / (M - 1)` and the signal by
@@ -19,7 +19,8 @@ variance. Two estimators:
 - ``stream``: moving averages of :math:`g` and :math:`g^2` over the mini-batch gradients of every step, on a fixed
   random subset of coordinates (``subsampled``) or all of them. The parameters move between those gradients, so
   this reads the drift of the gradient along the trajectory as noise: measured on a small CNN, its NCKD GSNR read
-  0.008 where 400 batches at frozen parameters gave 1.30, with a floor near 0.02. Kept as an option.
+  0.008 where 400 batches at frozen parameters gave 1.30, with a floor near 0.02. Even so, it is the default of
+  :class:`~deepkd.momentum.GSNR`: it won on validation accuracy in the long benchmark (``docs/benchmarks.md``).
 
 Stream subsampling is stratified per tensor: tensor :math:`p` with :math:`n_p` coordinates contributes
 :math:`k_p = \lceil f\,n_p \rceil` coordinates drawn uniformly without replacement, each weighted
@@ -58,16 +59,16 @@ __all__ = [
     "GSNRState",
     "SplitState",
     "allocate",
-    "init",
     "ratio",
-    "ratios",
-    "sample",
     "split_init",
     "split_ratios",
     "split_sums",
     "split_update",
-    "sums",
-    "update",
+    "stream_init",
+    "stream_ratios",
+    "stream_sample",
+    "stream_sums",
+    "stream_update",
 ]
 
 _R_MIN, _R_MAX = 1e-30, 1e30
@@ -85,7 +86,7 @@ class GSNRState(NamedTuple):
     weight: Tensor  # float32 [n]: n_p / k_p for each sampled coordinate
 
 
-def init(
+def stream_init(
     params: Sequence[Tensor],
     components: int,
     *,
@@ -117,7 +118,7 @@ def init(
     )
 
 
-def sample(state: GSNRState, grads: Sequence[Tensor]) -> Tensor:
+def stream_sample(state: GSNRState, grads: Sequence[Tensor]) -> Tensor:
     """The sampled coordinates of one component's per-parameter gradients, as one float32 vector."""
     if len(grads) != len(state.coords):
         raise ValueError(f"expected gradients for {len(state.coords)} parameters, got {len(grads)}")
@@ -128,17 +129,17 @@ def sample(state: GSNRState, grads: Sequence[Tensor]) -> Tensor:
     return torch.cat(parts) if parts else torch.zeros(0, device=state.m1.device)
 
 
-def update(state: GSNRState, components: Sequence[Sequence[Tensor]], *, beta: float = 0.98) -> GSNRState:
+def stream_update(state: GSNRState, components: Sequence[Sequence[Tensor]], *, beta: float = 0.98) -> GSNRState:
     """Fold one mini-batch gradient per component into the moments (in place on the state's buffers)."""
     if len(components) != state.m1.shape[0]:
         raise ValueError(f"expected {state.m1.shape[0]} components, got {len(components)}")
-    x = torch.stack([sample(state, grads) for grads in components])
+    x = torch.stack([stream_sample(state, grads) for grads in components])
     state.m1.mul_(beta).add_(x, alpha=1.0 - beta)
     state.m2.mul_(beta).addcmul_(x, x, value=1.0 - beta)
     return state._replace(step=state.step + 1)
 
 
-def sums(state: GSNRState, *, beta: float = 0.98) -> tuple[Tensor, Tensor]:
+def stream_sums(state: GSNRState, *, beta: float = 0.98) -> tuple[Tensor, Tensor]:
     """The weighted signal and noise sums ``(Σ w m1², Σ w (m2 − m1²))`` per component, bias-corrected.
 
     Sums from states over disjoint parameter sets (one per parameter group) add up.
@@ -159,12 +160,12 @@ def sums(state: GSNRState, *, beta: float = 0.98) -> tuple[Tensor, Tensor]:
     return signal.cpu(), noise.cpu()
 
 
-def ratios(state: GSNRState, *, beta: float = 0.98) -> Tensor:
+def stream_ratios(state: GSNRState, *, beta: float = 0.98) -> Tensor:
     """The GSNR :math:`r_c` of each component (float64 ``[components]``), clipped to [1e-30, 1e30].
 
     Returns NaN for every component before the first update.
     """
-    return ratio(*sums(state, beta=beta))
+    return ratio(*stream_sums(state, beta=beta))
 
 
 def ratio(signal: Tensor, noise: Tensor) -> Tensor:

@@ -20,32 +20,77 @@ zero, so values and gradients stay finite for logits up to ±1e4 and for one-hot
 >>> pt_y = torch.softmax(t / 4, 1).gather(1, y[:, None])[:, 0]
 >>> torch.allclose(kd(s, t, 4.0), tckd(s, t, y, 4.0) + (1 - pt_y) * nckd(s, t, y, 4.0), atol=1e-5)
 True
+
+Loss strategies (the ``loss`` axis of a recipe) split a loss into named parts ``task``, ``tckd`` and ``nckd``.
+The gradient of each part with respect to the student's parameters is one gradient component: ``task`` gives the
+task-oriented gradient (TOG), ``tckd`` the target-class gradient (TCG) and ``nckd`` the non-target-class gradient
+(NCG). Parts are batch means (float32 scalars) and add up to the recipe's total loss.
+
+- ``ce``: cross-entropy alone (no teacher).
+- ``kd``: ``w_ce·CE + w_kd·KD``, split exactly per sample into ``tckd = w_kd·mean_i TCKD_i`` and
+  ``nckd = w_kd·mean_i[(1 − p^T_{y,i})·NCKD_i]`` (the factor detached), so the parts add up to the KD loss.
+  ``split="official"`` reproduces the official DeepKD code, which multiplies batch means instead
+  (``tckd = mean_i TCKD_i``, ``nckd = mean_i(1 − p^T_{y,i})·mean_i NCKD_i``), so its parts do not add up to KD.
+  That code's KD path never reads its KD weight, so under ``split="official"`` the distillation weight is 1 and
+  ``w_kd`` has no effect (only ``task = w_ce·CE`` is weighted).
+- ``dkd``: ``w_ce·CE + warm(e)·(α·TCKD + β·NCKD)`` with ``warm(e) = min(e / warmup, 1)``, epochs counted from 1.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal, NamedTuple
+from collections.abc import Callable
+from typing import ClassVar, Literal, NamedTuple
 
+import attrs
 import torch
 import torch.nn.functional as F
+from attrs import validators as v
 from torch import Tensor
 
 from deepkd.errors import InputError
+from deepkd.registry import register_loss
+from deepkd.types import LossStrategy
+from deepkd.validators import integer, real
 
-__all__ = ["Keep", "MaskForm", "ce", "dkd", "kd", "nckd", "standardize", "target_prob", "tckd", "validate_logits"]
+__all__ = [
+    "CE",
+    "DKD",
+    "KD",
+    "PART_NAMES",
+    "Keep",
+    "MaskForm",
+    "ce",
+    "check_call",
+    "dkd",
+    "kd",
+    "nckd",
+    "on_samples",
+    "standardize",
+    "target_prob",
+    "tckd",
+    "validate_logits",
+]
 
 Reduction = Literal["none", "mean", "sum"]
 MaskForm = Literal["bucket", "renormalize"]
 MASK_FORMS: tuple[MaskForm, ...] = ("bucket", "renormalize")
 
 
-def validate_logits(student: Tensor, teacher: Tensor | None, target: Tensor | None) -> None:
-    """Check shapes, class counts and label range, raising :class:`InputError` that names the bad value."""
+def validate_logits(
+    student: Tensor, teacher: Tensor | None, target: Tensor | None, *, labels: bool = True, classes: int | None = None
+) -> None:
+    """Check shapes, class counts (``classes``, when given, is the expected one) and, with ``labels``, the label
+    range, raising :class:`InputError` that names the bad value. Only the label range reads tensor values: on a GPU
+    it waits for the device, the rest does not."""
     if student.dim() != 2:
         raise InputError(f"student logits must have shape [batch, classes], got {tuple(student.shape)}")
     if not student.is_floating_point():
         raise InputError(f"student logits must be floating point, got {student.dtype}")
+    if classes is not None and student.shape[1] != classes:
+        raise InputError(
+            f"expected logits of {classes} classes (as on the first step), got shape {tuple(student.shape)}"
+        )
     batch, classes = student.shape
     if classes < 2:
         raise InputError(f"distillation needs at least 2 classes, got logits of shape {tuple(student.shape)}")
@@ -60,7 +105,7 @@ def validate_logits(student: Tensor, teacher: Tensor | None, target: Tensor | No
             raise InputError(f"target must have shape [{batch}], got {tuple(target.shape)}")
         if target.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
             raise InputError(f"target must hold integer class indices, got dtype {target.dtype}")
-        if batch:
+        if labels and batch:
             lo, hi = int(target.min()), int(target.max())
             if lo < 0 or hi >= classes:
                 bad = lo if lo < 0 else hi
@@ -271,3 +316,156 @@ def dkd(
     t = tckd(student, teacher, target, temperature, standardized=standardized)
     n = nckd(student, teacher, target, temperature, keep=keep, standardized=standardized)
     return _reduce(alpha * t + beta * n, reduction)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loss strategies: frozen configs whose ``parts`` split the loss into the parts the momentum strategies group.
+
+PART_NAMES = ("task", "tckd", "nckd")
+
+_nonneg = real(ge=0.0)
+_positive = real(gt=0.0)
+
+
+def check_call(loss: LossStrategy, name: str, teacher: Tensor | None, epoch: int | None) -> int:
+    """The epoch to build ``loss``'s parts with (1 when it does not depend on the epoch and none is given).
+
+    Raises:
+        InputError: the loss (registered as ``name``) needs a teacher and ``teacher`` is None; the loss depends on
+            the epoch (DKD's warm-up; assumed for a strategy that does not say) and none is given; a bad epoch.
+    """
+    if epoch is None and getattr(loss, "uses_epoch", True):
+        raise InputError(
+            f"the {name!r} loss depends on the epoch (e.g. DKD's warm-up): pass distill_step(..., epoch=e) with "
+            "e counted from 1"
+        )
+    if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1):
+        raise InputError(f"epoch must be an integer >= 1 (epochs count from 1), got {epoch!r}")
+    if teacher is None and loss.needs_teacher:
+        raise InputError(f"the {name!r} loss needs teacher logits, got None")
+    return 1 if epoch is None else epoch
+
+
+def on_samples(
+    loss: LossStrategy, student: Tensor, teacher: Tensor | None, target: Tensor, epoch: int, keep: Keep | None
+) -> Callable[[Tensor], dict[str, Tensor]]:
+    """``parts_of(index)``: ``loss``'s parts on the samples ``index`` of a batch (for gradients on batch splits)."""
+
+    def parts_of(idx: Tensor) -> dict[str, Tensor]:
+        sub_keep = None if keep is None else keep._replace(mask=keep.mask[idx])
+        sub_teacher = None if teacher is None else teacher[idx]
+        return loss.parts(student[idx], sub_teacher, target[idx], epoch=epoch, keep=sub_keep)
+
+    return parts_of
+
+
+@register_loss("ce")
+@attrs.frozen(kw_only=True)
+class CE:
+    """Cross-entropy only: the no-teacher baseline."""
+
+    w_ce: float = attrs.field(default=1.0, validator=_nonneg)
+
+    part_names: ClassVar[tuple[str, ...]] = ("task",)
+    needs_teacher: ClassVar[bool] = False
+    uses_epoch: ClassVar[bool] = False
+
+    def parts(
+        self,
+        student: Tensor,
+        teacher: Tensor | None,
+        target: Tensor,
+        *,
+        epoch: int = 1,
+        keep: Tensor | Keep | None = None,
+    ) -> dict[str, Tensor]:
+        return {"task": self.w_ce * ce(student, target, reduction="mean")}
+
+
+@register_loss("kd")
+@attrs.frozen(kw_only=True)
+class KD:
+    """Hinton KD split into TCKD and weighted NCKD parts. CIFAR defaults: T = 4, w_ce = 0.1, w_kd = 0.9.
+
+    ``split="exact"`` (default): ``tckd = w_kd·mean_i TCKD_i``, ``nckd = w_kd·mean_i[(1 − p^T_{y,i})·NCKD_i]``, so
+    ``task + tckd + nckd = w_ce·CE + w_kd·KD``. ``split="official"`` reproduces the official DeepKD code
+    (github.com/haiduo/DeepKD, afb5964, ``Distiller.deepkd_plugin``): ``tckd = mean_i TCKD_i`` and
+    ``nckd = mean_i(1 − p^T_{y,i})·mean_i NCKD_i``, a product of batch means, and **no** ``w_kd``: that code's KD path
+    never reads ``KD_WEIGHT``, so its distillation weight is 1 whatever ``w_kd`` says (``w_ce`` still weights CE).
+    """
+
+    temperature: float = attrs.field(default=4.0, validator=_positive)
+    w_ce: float = attrs.field(default=0.1, validator=_nonneg)
+    w_kd: float = attrs.field(default=0.9, validator=_nonneg)
+    standardize: bool = attrs.field(default=False, validator=v.instance_of(bool))
+    split: Literal["exact", "official"] = attrs.field(default="exact", validator=v.in_(("exact", "official")))
+
+    part_names: ClassVar[tuple[str, ...]] = PART_NAMES
+    needs_teacher: ClassVar[bool] = True
+    uses_epoch: ClassVar[bool] = False
+
+    def parts(
+        self,
+        student: Tensor,
+        teacher: Tensor | None,
+        target: Tensor,
+        *,
+        epoch: int = 1,
+        keep: Tensor | Keep | None = None,
+    ) -> dict[str, Tensor]:
+        assert teacher is not None
+        t, std = self.temperature, self.standardize
+        tc = tckd(student, teacher, target, t, standardized=std)
+        nc = nckd(student, teacher, target, t, keep=keep, standardized=std)
+        rest = 1.0 - target_prob(teacher.detach(), target, t, standardized=std)
+        if self.split == "exact":
+            tc_part, nc_part = self.w_kd * tc.mean(), self.w_kd * (rest * nc).mean()
+        else:  # the official code: batch means multiplied, and its KD weight never read (weight 1)
+            tc_part, nc_part = tc.mean(), rest.mean() * nc.mean()
+        return {
+            "task": self.w_ce * ce(student, target, reduction="mean"),
+            "tckd": tc_part,
+            "nckd": nc_part,
+        }
+
+
+@register_loss("dkd")
+@attrs.frozen(kw_only=True)
+class DKD:
+    """Decoupled KD (Zhao et al., CVPR 2022). CIFAR defaults: α = 1, β = 8, T = 4, warm-up 20 epochs, w_ce = 1."""
+
+    alpha: float = attrs.field(default=1.0, validator=_nonneg)
+    beta: float = attrs.field(default=8.0, validator=_nonneg)
+    temperature: float = attrs.field(default=4.0, validator=_positive)
+    warmup: int = attrs.field(default=20, validator=integer(ge=0))
+    w_ce: float = attrs.field(default=1.0, validator=_nonneg)
+    standardize: bool = attrs.field(default=False, validator=v.instance_of(bool))
+
+    part_names: ClassVar[tuple[str, ...]] = PART_NAMES
+    needs_teacher: ClassVar[bool] = True
+
+    @property
+    def uses_epoch(self) -> bool:
+        """Whether the parts depend on the epoch (a warm-up longer than zero epochs)."""
+        return self.warmup > 0
+
+    def warm(self, epoch: int) -> float:
+        """The warm-up factor min(epoch / warmup, 1), epochs counted from 1."""
+        return 1.0 if self.warmup == 0 else min(max(epoch, 0) / self.warmup, 1.0)
+
+    def parts(
+        self,
+        student: Tensor,
+        teacher: Tensor | None,
+        target: Tensor,
+        *,
+        epoch: int = 1,
+        keep: Tensor | Keep | None = None,
+    ) -> dict[str, Tensor]:
+        assert teacher is not None
+        t, std, w = self.temperature, self.standardize, self.warm(epoch)
+        return {
+            "task": self.w_ce * ce(student, target, reduction="mean"),
+            "tckd": self.alpha * w * tckd(student, teacher, target, t, standardized=std, reduction="mean"),
+            "nckd": self.beta * w * nckd(student, teacher, target, t, keep=keep, standardized=std, reduction="mean"),
+        }

@@ -32,21 +32,20 @@ tensor([[False, False,  True,  True]])
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 
 import attrs
 import torch
-import torch.distributed as dist
 from attrs import validators as v
 from torch import Tensor
 
+from deepkd.distributed import sum_over_ranks
 from deepkd.losses import MASK_FORMS, Keep, MaskForm
 from deepkd.registry import register_mask
 from deepkd.validators import integer, real
 
 __all__ = [
     "DynamicMask",
-    "MaskStrategy",
     "NoMask",
     "StaticMask",
     "EASY",
@@ -175,8 +174,7 @@ def smooth_accuracy(state: MaskState, hits: Tensor, samples: int, horizon: int) 
     ``horizon`` steps). Counts are all-reduced across ranks when torch.distributed runs more than one process, so
     every rank sees the same accuracy and the same K."""
     counts = torch.stack([hits.detach().to(state.accuracy), torch.tensor(float(samples)).to(state.accuracy)])
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(counts)
+    counts = sum_over_ranks(counts)
     batch_acc = counts[0] / counts[1].clamp_min(1.0)
     acc = state.accuracy + (batch_acc - state.accuracy) / horizon
     return state._replace(accuracy=acc, steps=state.steps + 1)
@@ -184,21 +182,6 @@ def smooth_accuracy(state: MaskState, hits: Tensor, samples: int, horizon: int) 
 
 # --------------------------------------------------------------------------------------------------------------
 # Strategies
-
-
-class MaskStrategy(Protocol):
-    """What a registered mask strategy provides."""
-
-    @property
-    def form(self) -> MaskForm:
-        """``"bucket"`` or ``"renormalize"``: what NCKD does with the masked classes."""
-        ...
-
-    def init(self, num_classes: int) -> MaskState: ...
-
-    def observe(self, state: MaskState, hits: Tensor, samples: int, num_classes: int) -> MaskState:
-        """The state after one training step with ``hits`` correct top-1 predictions out of ``samples``."""
-        ...
 
 
 def keep_mask(state: MaskState, teacher: Tensor, target: Tensor, form: MaskForm = "bucket") -> Keep | None:

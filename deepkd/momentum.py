@@ -29,8 +29,8 @@ Each update has a per-tensor reference path and a ``torch._foreach_*`` path, tes
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from typing import Literal, NamedTuple, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, NamedTuple
 
 import attrs
 import torch
@@ -38,19 +38,37 @@ from attrs import validators as v
 from torch import Tensor
 
 from deepkd.errors import ConfigError
-from deepkd.gsnr import allocate
+from deepkd.gsnr import (
+    GSNRState,
+    SplitState,
+    allocate,
+    ratio,
+    split_init,
+    split_ratios,
+    split_sums,
+    split_update,
+    stream_init,
+    stream_sums,
+    stream_update,
+)
 from deepkd.registry import register_momentum
 from deepkd.validators import integer, real
 
 __all__ = [
     "DOT",
     "GSNR",
-    "SGD",
-    "Fixed",
+    "PlainMomentum",
+    "FixedOffsets",
     "MomentumState",
-    "MomentumStrategy",
+    "OffsetRule",
     "Plan",
+    "StepContext",
+    "check_hyperparameters",
+    "gsnr_offsets",
     "init",
+    "merged_plan",
+    "static_offsets",
+    "tracking_gsnr",
     "update",
     "update_reference_quirks",
 ]
@@ -187,11 +205,13 @@ def update_reference_quirks(
     dampening: float = 0.0,
     weight_decay: float = 0.0,
     nesterov: bool = False,
+    decay_group: int = 1,
     foreach: bool = False,
 ) -> MomentumState:
     """The official DeepKD code's update, for groups ``(task, tckd, nckd)`` with coefficients ``(m_TOG, m_TCG,
     m_NCG)``: the task buffer uses ``m_TCG``; updates apply task, NCKD, TCKD in that order, each moving the
-    parameters; weight decay joins the TCKD gradient at the parameter reached after the first two.
+    parameters; weight decay joins the gradient of ``decay_group`` (TCKD in the official code) at the parameter
+    reached by the updates before it.
     """
     _check(state, params, grads, coefficients)
     if len(coefficients) != 3:
@@ -200,41 +220,143 @@ def update_reference_quirks(
     m_tcg, m_ncg = coefficients[1], coefficients[2]
     kernel = _update_foreach if foreach else _update_single
     with torch.no_grad():
-        for group, m, decay in ((0, m_tcg, 0.0), (2, m_ncg, 0.0), (1, m_tcg, weight_decay)):
+        for group, m in ((0, m_tcg), (2, m_ncg), (1, m_tcg)):
+            decay = weight_decay if group == decay_group else 0.0
             kernel(params, [grads[group]], [state.buffers[group]], [m], lr, dampening, decay, nesterov, 0, first)
     return state._replace(step=state.step + 1)
 
 
+def check_hyperparameters(
+    group: Mapping[str, Any], where: str, offset_range: tuple[float, float], strategy: str
+) -> None:
+    """Raise :class:`ConfigError` (with its ``$.optimizer.<key>`` path) unless ``group``'s ``lr``, ``momentum``,
+    ``dampening``, ``weight_decay`` and ``nesterov`` are valid, and every coefficient ``momentum + offset`` for
+    offsets in ``offset_range`` (the ``strategy``'s) lies in [0, 1)."""
+
+    def bad(key: str, valid: str) -> ConfigError:
+        return ConfigError(f"{key}={group[key]!r} is invalid for {where}: {valid} @ $.optimizer.{key}")
+
+    lr, mu = group["lr"], group["momentum"]
+    if isinstance(lr, Tensor) or not isinstance(lr, (int, float)) or not lr >= 0:
+        raise bad("lr", "expected a number >= 0")
+    if not isinstance(mu, (int, float)) or not 0.0 <= mu < 1.0:
+        raise bad("momentum", "expected 0 <= momentum < 1")
+    if not 0.0 <= group["dampening"] <= 1.0:
+        raise bad("dampening", "expected 0 <= dampening <= 1")
+    if not group["weight_decay"] >= 0.0:
+        raise bad("weight_decay", "expected weight_decay >= 0")
+    if group["nesterov"] and (mu <= 0 or group["dampening"] != 0):
+        raise bad(
+            "nesterov",
+            f"Nesterov momentum needs momentum > 0 and dampening = 0, got momentum={mu}, "
+            f"dampening={group['dampening']}",
+        )
+    lo, hi = offset_range
+    if not (mu + lo >= 0.0 and mu + hi < 1.0):
+        raise ConfigError(
+            f"momentum={mu} with the {strategy!r} strategy's offsets in [{lo:+.4g}, {hi:+.4g}] gives coefficients in "
+            f"[{mu + lo:.4g}, {mu + hi:.4g}] for {where}; every coefficient must lie in [0, 1) @ $.optimizer.momentum"
+        )
+
+
 # --------------------------------------------------------------------------------------------------------------
-# Strategies: frozen configs whose ``plan`` says which parts share a buffer and with which coefficient offsets.
+# Offset rules: how a strategy's coefficient offsets evolve during a run, as an optax-style pair of pure functions
+# over a state. The optimizer calls them the same way for every strategy.
+
+ParamGrads = Sequence[Sequence[Sequence[Tensor]]]  # [param group][gradient group][param]
+SplitGradients = Callable[[int], "tuple[list[list[list[Tensor]]], list[int]] | None"]
+
+
+class StepContext(NamedTuple):
+    """What the optimizer shows an offset rule at one step.
+
+    Attributes:
+        step: the step being taken, counted from 1.
+        grads: this step's gradients ``[param group][gradient group][param]``, averaged over ranks, with zeros for
+            parameters that take no gradient this step; ``None`` while probing (before they are taken).
+        split_gradients: ``split_gradients(m)`` takes each gradient group's gradient on ``m`` disjoint parts of the
+            batch at the current parameters and returns ``([part][gradient group][trainable param], part sizes)``,
+            or ``None`` when the batch has fewer than ``m`` samples. It costs ``m`` gradient products per group:
+            call it only on the steps that need it (and only while probing).
+        mean_over_ranks: the mean of a tensor over the processes of a distributed run (identity in a single one).
+    """
+
+    step: int
+    grads: ParamGrads | None
+    split_gradients: SplitGradients
+    mean_over_ranks: Callable[[Tensor], Tensor]
+
+
+def _unchanged(state: Any, ctx: StepContext) -> Any:
+    return state
+
+
+class OffsetRule(NamedTuple):
+    """A strategy's coefficient offsets as pure functions of a state (optax's ``init``/``update`` pattern).
+
+    Attributes:
+        init: ``init(params)``, with ``params[i]`` the parameters of param group ``i``, returns the rule's state:
+            a NamedTuple of tensors (nested NamedTuples, tuples and ``None`` allowed), saved in the optimizer's
+            ``state_dict``.
+        update: ``update(state, ctx) -> (offsets, state)``, called once per step after the gradients are taken;
+            the offsets (one per gradient group) set this step's coefficients ``momentum + offset``.
+        probe: ``probe(state, ctx) -> state``, called once per step before the gradients are taken, at the same
+            parameters; for measurements that need extra gradients (``ctx.split_gradients``).
+        report_gsnr: ``report_gsnr(state)``, the GSNR per gradient group that the rule reports with each step
+            (``StepOutput.gsnr``), or ``None`` for a rule that measures none.
+    """
+
+    init: Callable[[Sequence[Sequence[Tensor]]], Any]
+    update: Callable[[Any, StepContext], tuple[tuple[float, ...], Any]]
+    probe: Callable[[Any, StepContext], Any] = _unchanged
+    report_gsnr: Callable[[Any], Tensor] | None = None
+
+
+class NoState(NamedTuple):
+    """The state of a rule that keeps none."""
+
+
+def static_offsets(offsets: Sequence[float]) -> OffsetRule:
+    """Offsets that stay as they are for the whole run (``sgd``, ``dot``, ``fixed``)."""
+    fixed = tuple(float(o) for o in offsets)
+    return OffsetRule(init=lambda params: NoState(), update=lambda state, ctx: (fixed, state))
+
+
+UpdateFn = Callable[..., MomentumState]
+
+
+def _same(coefficients: tuple[float, ...]) -> tuple[float, ...]:
+    return coefficients
+
+
+def _official_coefficients(coefficients: tuple[float, ...]) -> tuple[float, ...]:
+    return (coefficients[1], coefficients[1], coefficients[2])  # the official code's task buffer runs on m_TCG
 
 
 @attrs.frozen
 class Plan:
-    """How a momentum strategy treats a loss's parts.
+    """How a momentum strategy treats a loss's parts: its buffers, its offsets and how they move, its update.
 
     Attributes:
         groups: the parts that share each buffer (and one gradient product).
-        offsets: each buffer's coefficient offset from the optimizer's ``momentum`` (initial values for ``gsnr``).
+        offsets: each buffer's coefficient offset from the optimizer's ``momentum`` before the first step.
         decay_group: the buffer whose gradient receives weight decay (the one holding ``task``).
         offset_range: the smallest and largest offsets the strategy can ever use, so that the optimizer can check
             that every coefficient ``momentum + offset`` lies in [0, 1).
-        gsnr: the GSNR strategy that re-allocates the offsets during the run, or ``None`` for static offsets.
-        quirks: apply the official DeepKD code's update (:func:`update_reference_quirks`).
+        rule: how the offsets evolve (:class:`OffsetRule`); static by default.
+        apply: the parameter update, :func:`update` or :func:`update_reference_quirks` (same keyword arguments).
+        effective: maps the buffers' coefficients to the ones their updates actually use (reported per part).
     """
 
     groups: tuple[tuple[str, ...], ...]
     offsets: tuple[float, ...]
     decay_group: int
     offset_range: tuple[float, float]
-    gsnr: GSNR | None = None
-    quirks: bool = False
-
-
-class MomentumStrategy(Protocol):
-    """What a registered momentum strategy provides."""
-
-    def plan(self, parts: Sequence[str]) -> Plan: ...
+    rule: OffsetRule = attrs.field(
+        default=attrs.Factory(lambda self: static_offsets(self.offsets), takes_self=True), eq=False
+    )
+    apply: UpdateFn = attrs.field(default=update, eq=False)
+    effective: Callable[[tuple[float, ...]], tuple[float, ...]] = attrs.field(default=_same, eq=False)
 
 
 def merged_plan(parts: Sequence[str], offsets: Mapping[str, float]) -> Plan:
@@ -248,12 +370,15 @@ def merged_plan(parts: Sequence[str], offsets: Mapping[str, float]) -> Plan:
     return Plan(names, offs, decay, (min(offs, default=0.0), max(offs, default=0.0)))
 
 
+# --------------------------------------------------------------------------------------------------------------
+# Strategies: frozen configs whose ``plan`` says which parts share a buffer, with which offsets and how they move.
+
 _delta = real(gt=-1.0, lt=1.0)
 
 
 @register_momentum("sgd")
 @attrs.frozen(kw_only=True)
-class SGD:
+class PlainMomentum:
     """One buffer for the summed gradient: plain SGD with momentum, identical to :class:`torch.optim.SGD`."""
 
     def plan(self, parts: Sequence[str]) -> Plan:
@@ -273,7 +398,7 @@ class DOT:
 
 @register_momentum("fixed")
 @attrs.frozen(kw_only=True)
-class Fixed:
+class FixedOffsets:
     """DeepKD with configured offsets: μ + δ_TOG, μ + δ_TCG, μ + δ_NCG (official defaults +.075, −.075, +.075).
 
     ``reference_quirks=True`` reproduces the official code (see :func:`update_reference_quirks`); δ_TOG then has no
@@ -297,7 +422,10 @@ class Fixed:
                 f"reference_quirks needs a loss with the parts ('task', 'tckd', 'nckd'), got {tuple(parts)}"
             )
         offs = (self.tog, self.tcg, self.ncg)
-        return Plan((("task",), ("tckd",), ("nckd",)), offs, 1, (min(offs), max(offs)), quirks=True)
+        groups = (("task",), ("tckd",), ("nckd",))
+        return Plan(
+            groups, offs, 1, (min(offs), max(offs)), apply=update_reference_quirks, effective=_official_coefficients
+        )
 
 
 @register_momentum("gsnr")
@@ -347,8 +475,108 @@ class GSNR:
     def plan(self, parts: Sequence[str]) -> Plan:
         groups = tuple((p,) for p in parts)
         decay = next((i for i, g in enumerate(groups) if "task" in g), 0)
-        return Plan(groups, (0.0,) * len(groups), decay, (-float(self.delta), float(self.delta)), gsnr=self)
+        zeros = (0.0,) * len(groups)
+        return Plan(groups, zeros, decay, (-float(self.delta), float(self.delta)), rule=gsnr_offsets(self, len(groups)))
 
     def allocate(self, ratios: Tensor) -> tuple[float, ...]:
         """Offsets from the GSNR of each group."""
         return tuple(float(o) for o in allocate(ratios, self.delta, self.allocation, self.scale))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# GSNR measured during a run: the ``gsnr`` strategy's rule, and the tracker that logs GSNR for any other rule.
+
+
+class GSNREstimate(NamedTuple):
+    """A GSNR estimator's state: the stream moments (one per param group) or the split sums."""
+
+    stream: tuple[GSNRState, ...]
+    split: SplitState | None
+
+
+class GSNRRuleState(NamedTuple):
+    """The ``gsnr`` strategy's state: its estimate, the GSNR behind the current offsets and the offsets."""
+
+    estimate: GSNREstimate
+    last: Tensor  # float64 [groups]: NaN before the first estimate
+    offsets: Tensor  # float64 [groups]
+
+
+class Tracked(NamedTuple):
+    """The state of a rule wrapped by :func:`tracking_gsnr`."""
+
+    rule: Any
+    estimate: GSNREstimate
+
+
+def _estimate_init(cfg: GSNR, groups: int, params: Sequence[Sequence[Tensor]]) -> GSNREstimate:
+    if cfg.estimator == "split":
+        return GSNREstimate((), split_init(groups))
+    stream = tuple(stream_init(p, groups, fraction=cfg.fraction, seed=cfg.seed + i) for i, p in enumerate(params))
+    return GSNREstimate(stream, None)
+
+
+def _estimate_probe(cfg: GSNR, est: GSNREstimate, ctx: StepContext) -> GSNREstimate:
+    """The split estimator measures at every ``interval``-th step, before the step's gradients."""
+    if est.split is None or ctx.step % cfg.interval != 0:
+        return est
+    taken = ctx.split_gradients(cfg.splits)
+    if taken is None:
+        return est
+    sums = ctx.mean_over_ranks(torch.stack(split_sums(*taken)))  # every rank must allocate the same offsets
+    signal, noise = sums.double().cpu()
+    return est._replace(split=split_update(est.split, signal, noise, beta=cfg.decay))
+
+
+def _estimate_fold(cfg: GSNR, est: GSNREstimate, ctx: StepContext) -> GSNREstimate:
+    """The stream estimator folds in every step's gradients."""
+    if not est.stream:
+        return est
+    assert ctx.grads is not None
+    return est._replace(stream=tuple(stream_update(s, g, beta=cfg.decay) for s, g in zip(est.stream, ctx.grads)))
+
+
+def _estimate_ratios(cfg: GSNR, est: GSNREstimate) -> Tensor:
+    if est.split is not None:
+        return split_ratios(est.split, beta=cfg.decay)
+    sums = [stream_sums(s, beta=cfg.decay) for s in est.stream]
+    return ratio(sum(s for s, _ in sums), sum(n for _, n in sums))  # type: ignore[arg-type]
+
+
+def gsnr_offsets(cfg: GSNR, groups: int) -> OffsetRule:
+    """The ``gsnr`` strategy's rule: every ``interval`` steps, the offsets are re-allocated from the GSNR estimate."""
+
+    def init(params: Sequence[Sequence[Tensor]]) -> GSNRRuleState:
+        nan = torch.full((groups,), math.nan, dtype=torch.float64)
+        return GSNRRuleState(_estimate_init(cfg, groups, params), nan, torch.zeros(groups, dtype=torch.float64))
+
+    def probe(state: GSNRRuleState, ctx: StepContext) -> GSNRRuleState:
+        return state._replace(estimate=_estimate_probe(cfg, state.estimate, ctx))
+
+    def update(state: GSNRRuleState, ctx: StepContext) -> tuple[tuple[float, ...], GSNRRuleState]:
+        state = state._replace(estimate=_estimate_fold(cfg, state.estimate, ctx))
+        if ctx.step % cfg.interval == 0:
+            last = _estimate_ratios(cfg, state.estimate)
+            state = state._replace(last=last, offsets=torch.tensor(cfg.allocate(last), dtype=torch.float64))
+        return tuple(state.offsets.tolist()), state
+
+    return OffsetRule(init, update, probe, report_gsnr=lambda state: state.last)
+
+
+def tracking_gsnr(rule: OffsetRule, cfg: GSNR, groups: int) -> OffsetRule:
+    """``rule``, also measuring each gradient group's GSNR with ``cfg``'s estimator for the logs (the offsets are
+    ``rule``'s). A rule that reports GSNR itself is returned as it is."""
+    if rule.report_gsnr is not None:
+        return rule
+
+    def init(params: Sequence[Sequence[Tensor]]) -> Tracked:
+        return Tracked(rule.init(params), _estimate_init(cfg, groups, params))
+
+    def probe(state: Tracked, ctx: StepContext) -> Tracked:
+        return Tracked(rule.probe(state.rule, ctx), _estimate_probe(cfg, state.estimate, ctx))
+
+    def update(state: Tracked, ctx: StepContext) -> tuple[tuple[float, ...], Tracked]:
+        offsets, inner = rule.update(state.rule, ctx)
+        return offsets, Tracked(inner, _estimate_fold(cfg, state.estimate, ctx))
+
+    return OffsetRule(init, update, probe, report_gsnr=lambda state: _estimate_ratios(cfg, state.estimate))

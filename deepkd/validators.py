@@ -19,7 +19,9 @@ from typing import Any
 
 import attrs
 
-__all__ = ["integer", "real"]
+from deepkd.errors import ConfigError
+
+__all__ = ["check_choice", "integer", "real"]
 
 _OPS = {"gt": (operator.gt, ">"), "ge": (operator.ge, ">="), "lt": (operator.lt, "<"), "le": (operator.le, "<=")}
 
@@ -57,3 +59,10 @@ def integer(*, ge: int | None = None, lt: int | None = None) -> Callable[[Any, a
         _bounds(attribute.name, value, {"ge": ge, "lt": lt})
 
     return check
+
+
+def check_choice(name: str, value: object, valid: tuple[object, ...]) -> None:
+    """Raise :class:`~deepkd.errors.ConfigError` unless ``value`` is one of ``valid`` (of the same type: ``1`` is not
+    ``True``), naming the argument and the valid values."""
+    if not any(type(value) is type(v) and value == v for v in valid):
+        raise ConfigError(f"{name} must be one of {', '.join(map(repr, valid))}, got {value!r}")

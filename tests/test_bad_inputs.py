@@ -31,7 +31,7 @@ def _batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 def _opt(recipe: Recipe | None = None, model: torch.nn.Module | None = None, **kwargs) -> deepkd.DistillOptimizer:
     recipe = recipe or deepkd.compose(loss="kd", momentum="gsnr", mask="dynamic")
     model = model or _model()
-    return recipe.optimizer(model.parameters(), lr=kwargs.pop("lr", 0.1), **kwargs)
+    return deepkd.DistillOptimizer(model.parameters(), recipe, lr=kwargs.pop("lr", 0.1), **kwargs)
 
 
 def _step(student=None, teacher=..., target=None, recipe=None) -> None:

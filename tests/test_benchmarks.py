@@ -47,7 +47,7 @@ def test_every_method_is_a_valid_recipe_with_the_axis_it_claims():
     assert book["gsnr_nomask"].momentum.interval == 10
     assert book["dynamic_sgd"].plan().groups == (("task", "tckd", "nckd"),)
     assert book["dkd"].loss.warmup == 1
-    assert book["deepkd_official"].plan().quirks
+    assert book["deepkd_official"].plan().apply is deepkd.momentum.update_reference_quirks
     assert accuracy.recipes(classes=10, epochs=240, steps_per_epoch=40)["dkd"].loss.warmup == 20
 
 

@@ -27,6 +27,7 @@ from deepkd import masks as M
 from deepkd import momentum as MO
 from deepkd.decompose import decompose
 from deepkd.errors import ConfigError
+from deepkd.registry import name_of
 
 from .conftest import logits_batch
 
@@ -41,8 +42,8 @@ def _momentum_variants() -> list:
     """Every registered momentum strategy with its defaults, plus the non-default modes of the built-ins."""
     out = [pytest.param(deepkd.MOMENTA.get(n)(), id=n) for n in deepkd.MOMENTA.names()]
     if "fixed" in deepkd.MOMENTA:
-        out.append(pytest.param(deepkd.Fixed(reference_quirks=True), id="fixed-quirks"))
-        out.append(pytest.param(deepkd.Fixed(tog=0.05, tcg=0.05, ncg=0.05), id="fixed-equal"))
+        out.append(pytest.param(deepkd.FixedOffsets(reference_quirks=True), id="fixed-quirks"))
+        out.append(pytest.param(deepkd.FixedOffsets(tog=0.05, tcg=0.05, ncg=0.05), id="fixed-equal"))
     if "gsnr" in deepkd.MOMENTA:
         # interval=2 makes the coefficients re-allocate inside the short run (and across the checkpoint)
         out.append(pytest.param(deepkd.GSNR(interval=2), id="gsnr-interval2"))
@@ -122,7 +123,7 @@ def _run(recipe: deepkd.Recipe, *, teacher_free: bool = False, steps: int = STEP
     student, _, batches = _problem()
     kwargs = dict(lr=0.1, momentum=0.9, weight_decay=5e-4, track_gsnr=True)
     kwargs.update(opt_kwargs)
-    opt = recipe.optimizer(student.parameters(), **kwargs)
+    opt = deepkd.DistillOptimizer(student.parameters(), recipe, **kwargs)
     params = list(student.parameters())
     n_groups = len(recipe.plan().groups)
     outs = []
@@ -163,7 +164,7 @@ def test_momentum_run_and_checkpoint(momentum: object, loss: str) -> None:
     buf.seek(0)
     loaded = torch.load(buf, weights_only=True)
     twin = copy.deepcopy(student)
-    opt2 = recipe.optimizer(twin.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, track_gsnr=True)
+    opt2 = deepkd.DistillOptimizer(twin.parameters(), recipe, lr=0.1, momentum=0.9, weight_decay=5e-4, track_gsnr=True)
     opt2.load_state_dict(loaded)
     assert opt2.steps == opt.steps == STEPS
     assert opt2.offsets == opt.offsets
@@ -183,7 +184,7 @@ def test_momentum_run_and_checkpoint(momentum: object, loss: str) -> None:
 def _buffer_recursion(recipe: deepkd.Recipe, teacher_free: bool) -> None:
     """With wd = 0, every buffer follows v <- m v + g (first step v = g) with the coefficient the step reports."""
     student, _, batches = _problem()
-    opt = recipe.optimizer(student.parameters(), lr=0.1, momentum=0.9)
+    opt = deepkd.DistillOptimizer(student.parameters(), recipe, lr=0.1, momentum=0.9)
     params = list(student.parameters())
     groups = opt.plan.groups
     for i, (x, t, y) in enumerate(batches[:STEPS]):
@@ -232,9 +233,9 @@ def test_teacher_free_ce_with_every_momentum(momentum: object, request: pytest.F
 
 
 def test_momentum_variants_cover_every_registered_name() -> None:
-    covered = {type(p.values[0]).strategy_name for p in MOMENTA}
+    covered = {name_of(p.values[0]) for p in MOMENTA}
     assert covered == set(deepkd.MOMENTA.names())
-    assert {type(p.values[0]).strategy_name for p in MASKS} == set(deepkd.MASKS.names())
+    assert {name_of(p.values[0]) for p in MASKS} == set(deepkd.MASKS.names())
     assert {p.values[0] for p in LOSSES} == set(deepkd.LOSSES.names())
 
 
@@ -245,8 +246,8 @@ def test_raw_states_survive_weights_only_save(momentum: object) -> None:
     _, opt, _, _ = _run(recipe, steps=2)
     mom = opt.momentum_states[0]
     params = [p for g in opt.param_groups for p in g["params"]]
-    gsnr = G.init(params, len(recipe.plan().groups), fraction=0.3, seed=1)
-    gsnr = G.update(gsnr, [[torch.randn_like(p) for p in params] for _ in recipe.plan().groups])
+    gsnr = G.stream_init(params, len(recipe.plan().groups), fraction=0.3, seed=1)
+    gsnr = G.stream_update(gsnr, [[torch.randn_like(p) for p in params] for _ in recipe.plan().groups])
     mask = opt.mask_state
     assert mask is not None
     for state, cls in ((mom, MO.MomentumState), (gsnr, G.GSNRState), (mask, M.MaskState)):
@@ -313,7 +314,7 @@ def _kept(state: M.MaskState, teacher: torch.Tensor, target: torch.Tensor) -> to
 def test_mask_inside_optimizer(mask: object) -> None:
     recipe = deepkd.compose(loss=TEACHER_LOSSES[0].values[0], momentum="sgd", mask=mask)
     student, _, batches = _problem()
-    opt = recipe.optimizer(student.parameters(), lr=0.5)
+    opt = deepkd.DistillOptimizer(student.parameters(), recipe, lr=0.5)
     ks, phases = [], []
     for epoch, (x, t, y) in enumerate(batches, start=1):
         out = opt.distill_step(student(x), t, y, epoch=epoch)

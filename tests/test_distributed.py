@@ -35,7 +35,7 @@ def _data(steps: int):
 def _train(rank: int, world: int, steps: int):
     torch.manual_seed(0)
     model = torch.nn.Linear(6, 5)
-    opt = RECIPE.optimizer(model.parameters(), lr=0.1, weight_decay=1e-3)
+    opt = deepkd.DistillOptimizer(model.parameters(), RECIPE, lr=0.1, weight_decay=1e-3)
     outs = []
     for x, t, y in _data(steps):
         part = slice(rank * 8 // world, (rank + 1) * 8 // world)

@@ -21,10 +21,10 @@ def _stream(signal: float, steps: int, seed: int, n: int = 400) -> list[list[tor
 
 def _run(grads: list[list[torch.Tensor]], fraction: float = 1.0, beta: float = 0.9) -> torch.Tensor:
     params = [torch.zeros_like(grads[0][0])]
-    state = G.init(params, components=1, fraction=fraction)
+    state = G.stream_init(params, components=1, fraction=fraction)
     for g in grads:
-        state = G.update(state, [g], beta=beta)
-    return G.ratios(state, beta=beta)
+        state = G.stream_update(state, [g], beta=beta)
+    return G.stream_ratios(state, beta=beta)
 
 
 @given(st.floats(1e-3, 1e3), st.integers(0, 1000))
@@ -57,10 +57,10 @@ def test_subsampled_sums_are_unbiased():
     params = [torch.zeros(s) for s in shapes]
 
     def sums(fraction, seed):
-        state = G.init(params, 1, fraction=fraction, seed=seed)
+        state = G.stream_init(params, 1, fraction=fraction, seed=seed)
         for g in stream:
-            state = G.update(state, [g], beta=0.9)
-        return G.sums(state, beta=0.9)
+            state = G.stream_update(state, [g], beta=0.9)
+        return G.stream_sums(state, beta=0.9)
 
     exact_signal, exact_noise = sums(1.0, 0)
     draws = [sums(0.1, seed) for seed in range(300)]
@@ -72,7 +72,7 @@ def test_subsampled_sums_are_unbiased():
 
 def test_default_memory_is_under_ten_percent_of_parameters():
     params = [torch.zeros(256, 128), torch.zeros(128), torch.zeros(64, 64, 3, 3)]
-    state = G.init(params, components=3)
+    state = G.stream_init(params, components=3)
     state_bytes = sum(t.numel() * t.element_size() for t in (state.m1, state.m2, state.weight, *state.coords))
     param_bytes = sum(p.numel() * p.element_size() for p in params)
     assert state_bytes <= 0.10 * param_bytes
@@ -80,10 +80,10 @@ def test_default_memory_is_under_ten_percent_of_parameters():
 
 def test_nan_before_first_update_and_zero_variance():
     params = [torch.zeros(10)]
-    state = G.init(params, 2)
-    assert torch.isnan(G.ratios(state)).all()
-    state = G.update(state, [[torch.ones(10)], [torch.zeros(10)]])
-    r = G.ratios(state)
+    state = G.stream_init(params, 2)
+    assert torch.isnan(G.stream_ratios(state)).all()
+    state = G.stream_update(state, [[torch.ones(10)], [torch.zeros(10)]])
+    r = G.stream_ratios(state)
     assert r[0] >= 1e29  # a constant gradient: infinite GSNR, clipped
     assert torch.isnan(r[1])  # an exactly zero gradient has no GSNR
 

@@ -51,8 +51,9 @@ def _train_sgd(loss_cfg, steps, lr, mu, wd, nesterov, dampening, split):
 
 def _train_deepkd(recipe, steps, lr, mu, wd, nesterov, dampening, split, foreach=False):
     model = _model()
-    opt = recipe.optimizer(
+    opt = deepkd.DistillOptimizer(
         _param_groups(model, lr, wd, split),
+        recipe,
         lr=lr,
         momentum=mu,
         weight_decay=wd,
@@ -87,9 +88,9 @@ def test_merged_strategies_equal_torch_sgd_exactly(steps, lr, mu, wd, nesterov, 
     if not _valid(mu, nesterov, dampening):
         return
     strategy = {
-        "sgd": deepkd.SGD(),
+        "sgd": deepkd.PlainMomentum(),
         "dot0": deepkd.DOT(delta=0.0),
-        "fixed_equal": deepkd.Fixed(tog=0.0, tcg=0.0, ncg=0.0),
+        "fixed_equal": deepkd.FixedOffsets(tog=0.0, tcg=0.0, ncg=0.0),
     }[momentum]
     recipe = deepkd.compose(loss="kd", momentum=strategy, mask="none")
     assert len(recipe.plan().groups) == 1
@@ -107,7 +108,7 @@ def test_three_buffers_with_equal_coefficients_match_sgd(steps, lr, mu, wd, nest
     strategy = (
         deepkd.GSNR(delta=0.0, interval=3)
         if momentum == "gsnr0"
-        else deepkd.Fixed(tog=0.05, tcg=0.05, ncg=0.05, reference_quirks=False)
+        else deepkd.FixedOffsets(tog=0.05, tcg=0.05, ncg=0.05, reference_quirks=False)
     )
     mu_ref = mu if momentum == "gsnr0" else mu + 0.05
     if mu_ref >= 1:
@@ -125,9 +126,9 @@ def test_foreach_matches_per_tensor(steps, lr, mu, wd, nesterov, dampening, spli
         return
     strategy = {
         "dot": deepkd.DOT(),
-        "fixed": deepkd.Fixed(),
+        "fixed": deepkd.FixedOffsets(),
         "gsnr": deepkd.GSNR(interval=2),
-        "quirks": deepkd.Fixed(reference_quirks=True),
+        "quirks": deepkd.FixedOffsets(reference_quirks=True),
     }[momentum]
     recipe = deepkd.compose(loss="kd", momentum=strategy, mask="none")
     a, _ = _train_deepkd(recipe, steps, lr, mu, wd, nesterov, dampening, split, foreach=False)
@@ -140,7 +141,7 @@ def test_foreach_matches_per_tensor(steps, lr, mu, wd, nesterov, dampening, spli
 def test_first_step_buffers_equal_gradients(momentum):
     recipe = deepkd.compose(loss="dkd", momentum=momentum, mask="none")
     model = _model()
-    opt = recipe.optimizer(model.parameters(), lr=0.1, weight_decay=0.0)
+    opt = deepkd.DistillOptimizer(model.parameters(), recipe, lr=0.1, weight_decay=0.0)
     x, t, y = next(_data(1))
     probe = copy.deepcopy(model)
     parts = recipe.loss.parts(probe(x), t, y, epoch=1, keep=None)
@@ -184,14 +185,14 @@ def test_dot_coefficients_and_weight_decay_group():
 @pytest.mark.parametrize(
     ("strategy", "products"),
     [
-        (deepkd.SGD(), 1),
+        (deepkd.PlainMomentum(), 1),
         (deepkd.DOT(), 2),
         (deepkd.DOT(delta=0.0), 1),
-        (deepkd.Fixed(), 2),  # δ_TOG = δ_NCG = +0.075 share a buffer
-        (deepkd.Fixed(tog=0.075, tcg=0.075, ncg=-0.05), 2),
-        (deepkd.Fixed(tog=0.1, tcg=0.0, ncg=-0.1), 3),
-        (deepkd.Fixed(tog=0.0, tcg=0.0, ncg=0.0), 1),
-        (deepkd.Fixed(reference_quirks=True), 3),  # weight-decay placement forbids merging
+        (deepkd.FixedOffsets(), 2),  # δ_TOG = δ_NCG = +0.075 share a buffer
+        (deepkd.FixedOffsets(tog=0.075, tcg=0.075, ncg=-0.05), 2),
+        (deepkd.FixedOffsets(tog=0.1, tcg=0.0, ncg=-0.1), 3),
+        (deepkd.FixedOffsets(tog=0.0, tcg=0.0, ncg=0.0), 1),
+        (deepkd.FixedOffsets(reference_quirks=True), 3),  # weight-decay placement forbids merging
         (deepkd.GSNR(), 3),
     ],
 )
@@ -206,7 +207,7 @@ def test_gsnr_coefficients_follow_measured_gsnr():
     assert opt.coefficients() == (0.9, 0.9, 0.9)  # before the first estimate all use μ
     for epoch, (x, t, y) in enumerate(_data(6, seed=7), start=1):
         out = opt.distill_step(model(x), t, y, epoch=epoch)
-    r = opt.last_gsnr
+    r = opt.gsnr()
     assert r is not None and torch.isfinite(r).all()
     coeffs = opt.coefficients()
     order = torch.argsort(r)

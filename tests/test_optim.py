@@ -19,7 +19,7 @@ def _setup(recipe, seed=0, **kwargs):
     student = torch.nn.Sequential(
         torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(), torch.nn.Linear(16, 10)
     )
-    opt = recipe.optimizer(student.parameters(), lr=kwargs.pop("lr", 0.1), weight_decay=5e-4, **kwargs)
+    opt = deepkd.DistillOptimizer(student.parameters(), recipe, lr=kwargs.pop("lr", 0.1), weight_decay=5e-4, **kwargs)
     return student, opt
 
 
@@ -38,7 +38,7 @@ RECIPES = {
     "deepkd": deepkd.compose(momentum=deepkd.GSNR(interval=3), mask=deepkd.DynamicMask(horizon=2)),
     "deepkd-split": deepkd.compose(momentum=deepkd.GSNR(interval=3, estimator="split"), mask="dynamic"),
     "dot": deepkd.compose(loss="kd", momentum="dot", mask="none"),
-    "quirks": deepkd.compose(loss="kd", momentum=deepkd.Fixed(reference_quirks=True), mask="static"),
+    "quirks": deepkd.compose(loss="kd", momentum=deepkd.FixedOffsets(reference_quirks=True), mask="static"),
 }
 
 
@@ -92,7 +92,7 @@ def test_frozen_parameters_are_untouched():
     student = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
     student[0].weight.requires_grad_(False)
     frozen = student[0].weight.detach().clone()
-    opt = deepkd.compose().optimizer(student.parameters(), lr=0.1, weight_decay=0.1)
+    opt = deepkd.DistillOptimizer(student.parameters(), deepkd.compose(), lr=0.1, weight_decay=0.1)
     for x, t, y in _batches(3):
         opt.distill_step(student(x), t, y, epoch=1)
     assert torch.equal(student[0].weight, frozen)
@@ -111,7 +111,7 @@ def test_teacher_gets_no_gradient():
 
 def test_dynamic_mask_follows_training_accuracy():
     recipe = deepkd.compose(loss="kd", momentum="sgd", mask=deepkd.DynamicMask(horizon=1))
-    opt = recipe.optimizer([torch.nn.Parameter(torch.zeros(1))], lr=0.0)
+    opt = deepkd.DistillOptimizer([torch.nn.Parameter(torch.zeros(1))], recipe, lr=0.0)
     y = torch.arange(10)
     teacher = torch.randn(10, 10)
     hits = {0.0: 0, 0.5: 5, 1.0: 10}

@@ -161,7 +161,7 @@ def test_setup_is_meaningful(setup, ce_baseline):
 def test_preset_short_run_is_not_below_ce(method, setup, ce_baseline):
     recipe = short_run(presets.cifar100(method), EPOCHS, setup.steps_per_epoch)
     student = _student()
-    opt = recipe.optimizer(student.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    opt = deepkd.DistillOptimizer(student.parameters(), recipe, lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
     sched = _cosine(opt, EPOCHS * setup.steps_per_epoch)
     curve = []
     for epoch in range(1, EPOCHS + 1):

@@ -58,10 +58,10 @@ def test_shipped_config_is_valid(path):
 )
 def test_cifar_deepkd_configs_carry_the_published_deltas(pair, w_ce, tcg, ncg):
     official = load_experiment(CONFIGS / "cifar100" / pair / "deepkd_official.toml").recipe
-    assert official.momentum == deepkd.Fixed(tog=0.075, tcg=tcg, ncg=ncg, reference_quirks=True)
+    assert official.momentum == deepkd.FixedOffsets(tog=0.075, tcg=tcg, ncg=ncg, reference_quirks=True)
     assert official.loss.split == "official" and official.mask == deepkd.NoMask()
     config = load_experiment(CONFIGS / "cifar100" / pair / "deepkd_paper.toml")
-    assert config.recipe.momentum == deepkd.Fixed(tog=0.075, tcg=tcg, ncg=ncg)
+    assert config.recipe.momentum == deepkd.FixedOffsets(tog=0.075, tcg=tcg, ncg=ncg)
     assert config.recipe.loss.w_ce == w_ce == official.loss.w_ce
     train = config.train
     assert (train.epochs, train.lr, train.momentum, train.weight_decay) == (240, 0.05, 0.9, 5e-4)
