@@ -8,8 +8,13 @@ The trainer calls, in order::
       on_epoch_end(trainer, metrics)           metrics is the epoch's record (also in trainer.history)
     on_fit_end(trainer)
 
+Each hook runs the callbacks in this order: the built-in loggers (progress bar, ``metrics.jsonl``, TensorBoard),
+the user's callbacks, and last, with a run directory, the :class:`Checkpointer`, so an epoch's checkpoint is written
+after every other callback has seen (and possibly annotated) its record.
+
 Subclass :class:`Callback` and override what you need, or pass functions to :class:`LambdaCallback`. Setting
-``trainer.should_stop = True`` ends training after the current epoch (its checkpoint is written).
+``trainer.should_stop = True`` ends training after the current epoch (its checkpoint is written). What a callback
+may read from the trainer is :class:`TrainerView`; callbacks depend on that protocol, never on the trainer module.
 
 >>> seen = []
 >>> cb = LambdaCallback(on_epoch_end=lambda trainer, metrics: seen.append(metrics["epoch"]))
@@ -19,34 +24,89 @@ Subclass :class:`Callback` and override what you need, or pass functions to :cla
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from deepkd.utils import is_main_process
 
 if TYPE_CHECKING:
-    from deepkd.optim import StepOutput
-    from deepkd.trainer import Trainer
+    from pathlib import Path
 
-__all__ = ["HOOKS", "Callback", "LambdaCallback"]
+    from torch import nn
+
+    from deepkd.checkpoint import RunDir
+    from deepkd.metrics import History
+    from deepkd.optim import DistillOptimizer
+    from deepkd.train_config import TrainConfig
+    from deepkd.types import StepOutput
+
+__all__ = ["HOOKS", "Callback", "Checkpointer", "LambdaCallback", "TrainerView"]
 
 HOOKS = ("on_fit_start", "on_epoch_start", "on_step_end", "on_epoch_end", "on_fit_end")
+
+
+@runtime_checkable
+class TrainerView(Protocol):
+    """What callbacks see of the trainer: :class:`~deepkd.trainer.Trainer` satisfies it, and so may a test double.
+
+    Attributes:
+        epoch: the epoch being trained (from 1), or the last one done. global_step: optimizer steps taken.
+        last_lr: the learning rate of the last step. steps_per_epoch: batches per epoch.
+        should_stop: set to True to stop after the current epoch.
+        config: the :class:`~deepkd.train_config.TrainConfig` (``config.epochs`` is the planned number of epochs).
+        history: the :class:`~deepkd.metrics.History` so far. run_dir: the run directory, or ``None``.
+        student, teacher, optimizer: the models (the teacher is ``None`` for losses without one) and the optimizer.
+    """
+
+    epoch: int
+    global_step: int
+    last_lr: float
+    steps_per_epoch: int
+    should_stop: bool
+
+    @property
+    def config(self) -> TrainConfig: ...
+
+    @property
+    def history(self) -> History: ...
+
+    @property
+    def run_dir(self) -> Path | None: ...
+
+    @property
+    def student(self) -> nn.Module: ...
+
+    @property
+    def teacher(self) -> nn.Module | None: ...
+
+    @property
+    def optimizer(self) -> DistillOptimizer: ...
+
+    def evaluate(self, loader: Iterable[Any]) -> dict[str, float]:
+        """Test loss, top-1 and top-5 of the student on ``loader``."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue the run (what ``latest.pt`` holds)."""
+        ...
 
 
 class Callback:
     """Base class with every hook as a no-op."""
 
-    def on_fit_start(self, trainer: Trainer) -> None:
+    def on_fit_start(self, trainer: TrainerView) -> None:
         """Training is about to start (``trainer.epoch`` epochs are already done when resuming)."""
 
-    def on_epoch_start(self, trainer: Trainer) -> None:
+    def on_epoch_start(self, trainer: TrainerView) -> None:
         """Epoch ``trainer.epoch`` is about to start."""
 
-    def on_step_end(self, trainer: Trainer, out: StepOutput) -> None:
+    def on_step_end(self, trainer: TrainerView, out: StepOutput) -> None:
         """One optimizer step is done; ``trainer.global_step`` counts it."""
 
-    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+    def on_epoch_end(self, trainer: TrainerView, metrics: dict[str, Any]) -> None:
         """Epoch ``trainer.epoch`` is trained and evaluated; its checkpoint is written after the callbacks."""
 
-    def on_fit_end(self, trainer: Trainer) -> None:
+    def on_fit_end(self, trainer: TrainerView) -> None:
         """Training is over."""
 
 
@@ -59,3 +119,18 @@ class LambdaCallback(Callback):
             raise TypeError(f"unknown hooks {sorted(unknown)}; the hooks are {', '.join(HOOKS)}")
         for name, fn in hooks.items():
             setattr(self, name, fn)
+
+
+class Checkpointer(Callback):
+    """Writes each epoch's checkpoints to ``run_dir`` (:meth:`~deepkd.checkpoint.RunDir.save`), on the main process.
+
+    The trainer runs it after every other callback. ``best.pt`` is written when this epoch holds the history's best
+    test top-1 (strictly better than every earlier epoch; never without an evaluation).
+    """
+
+    def __init__(self, run_dir: RunDir) -> None:
+        self.run_dir = run_dir
+
+    def on_epoch_end(self, trainer: TrainerView, metrics: dict[str, Any]) -> None:
+        if is_main_process():
+            self.run_dir.save(trainer.state_dict(), best=trainer.history.best_epoch == trainer.epoch)

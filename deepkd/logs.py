@@ -7,6 +7,9 @@ gradient group's estimate, or null), ``k``, ``phase`` and ``skipped``; epoch rec
 test loss and wall time (see :class:`~deepkd.trainer.Trainer`). Non-finite numbers are written as ``null``. When a run
 resumes, records past the checkpoint's global step (from the interrupted epoch) are dropped first, so the file reads
 as one uninterrupted run.
+
+:func:`loggers` builds the loggers a :class:`~deepkd.train_config.TrainConfig` asks for; the trainer runs them before
+the user's callbacks. They read the trainer through :class:`~deepkd.callbacks.TrainerView` only.
 """
 
 from __future__ import annotations
@@ -21,19 +24,28 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from deepkd.callbacks import Callback
+from deepkd.callbacks import Callback, TrainerView
 from deepkd.errors import ConfigError
+from deepkd.utils import is_main_process
 
 if TYPE_CHECKING:
-    from deepkd.optim import StepOutput
-    from deepkd.trainer import Trainer
+    from deepkd.train_config import TrainConfig
+    from deepkd.types import StepOutput
 
-__all__ = ["METRICS_FILE", "JsonlLogger", "ProgressBar", "TensorBoardLogger", "read_metrics", "step_record"]
+__all__ = [
+    "METRICS_FILE",
+    "JsonlLogger",
+    "ProgressBar",
+    "TensorBoardLogger",
+    "loggers",
+    "read_metrics",
+    "step_record",
+]
 
 METRICS_FILE = "metrics.jsonl"
 
 
-def step_record(trainer: Trainer, out: StepOutput) -> dict[str, Any]:
+def step_record(trainer: TrainerView, out: StepOutput) -> dict[str, Any]:
     """The ``"kind": "step"`` record of one optimizer step."""
     return {
         "kind": "step",
@@ -78,7 +90,7 @@ class JsonlLogger(Callback):
         self.path = Path(run_dir) / METRICS_FILE
         self.log_every = log_every
 
-    def on_fit_start(self, trainer: Trainer) -> None:
+    def on_fit_start(self, trainer: TrainerView) -> None:
         kept = []
         if trainer.global_step > 0 and self.path.exists():  # resuming: drop what the lost epoch logged
             kept = [r for r in read_metrics(self.path) if r.get("step", math.inf) <= trainer.global_step]
@@ -86,11 +98,11 @@ class JsonlLogger(Callback):
         tmp.write_text("".join(json.dumps(_json_safe(r)) + "\n" for r in kept))
         os.replace(tmp, self.path)
 
-    def on_step_end(self, trainer: Trainer, out: StepOutput) -> None:
+    def on_step_end(self, trainer: TrainerView, out: StepOutput) -> None:
         if trainer.global_step % self.log_every == 0:
             self._write(step_record(trainer, out))
 
-    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+    def on_epoch_end(self, trainer: TrainerView, metrics: dict[str, Any]) -> None:
         self._write(metrics)
 
     def _write(self, record: Mapping[str, Any]) -> None:
@@ -123,17 +135,17 @@ class TensorBoardLogger(Callback):
         self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
         self.log_every = log_every
 
-    def on_step_end(self, trainer: Trainer, out: StepOutput) -> None:
+    def on_step_end(self, trainer: TrainerView, out: StepOutput) -> None:
         if trainer.global_step % self.log_every == 0:
             for name, value in _flatten(step_record(trainer, out)):
                 self.writer.add_scalar(name, value, trainer.global_step)
 
-    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+    def on_epoch_end(self, trainer: TrainerView, metrics: dict[str, Any]) -> None:
         for name, value in _flatten(metrics, "epoch/"):
             self.writer.add_scalar(name, value, trainer.epoch)
         self.writer.flush()
 
-    def on_fit_end(self, trainer: Trainer) -> None:
+    def on_fit_end(self, trainer: TrainerView) -> None:
         self.writer.close()
 
 
@@ -152,7 +164,7 @@ class ProgressBar(Callback):
         self.enabled = enabled
         self.bar: Any = None
 
-    def on_epoch_start(self, trainer: Trainer) -> None:
+    def on_epoch_start(self, trainer: TrainerView) -> None:
         disable = None if self.enabled is None else not self.enabled
         self.bar = tqdm(
             total=trainer.steps_per_epoch,
@@ -164,14 +176,14 @@ class ProgressBar(Callback):
             file=sys.stderr,
         )
 
-    def on_step_end(self, trainer: Trainer, out: StepOutput) -> None:
+    def on_step_end(self, trainer: TrainerView, out: StepOutput) -> None:
         if self.bar is None:
             return
         self.bar.update()
         if not self.bar.disable and trainer.global_step % 10 == 0:
             self.bar.set_postfix(loss=f"{out.loss:.4f}", k=out.k, lr=f"{trainer.last_lr:.3g}", refresh=False)
 
-    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+    def on_epoch_end(self, trainer: TrainerView, metrics: dict[str, Any]) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
@@ -184,3 +196,22 @@ class ProgressBar(Callback):
             f"lr {metrics['lr']:.3g}  K {metrics['k']} {metrics['phase']}  {metrics['time']:.1f}s",
             file=sys.stderr,
         )
+
+
+def loggers(config: TrainConfig, run_dir: str | os.PathLike[str] | None) -> list[Callback]:
+    """The logging callbacks of ``config``: a :class:`ProgressBar`, and with a ``run_dir`` a :class:`JsonlLogger`
+    (and a :class:`TensorBoardLogger` when ``config.tensorboard``). Only the main process logs: elsewhere, none.
+
+    Raises:
+        ConfigError: ``tensorboard = true`` without a run directory, or without the tensorboard package.
+    """
+    if not is_main_process():
+        return []
+    callbacks: list[Callback] = [ProgressBar(config.progress)]
+    if config.tensorboard and run_dir is None:
+        raise ConfigError("tensorboard = true needs a run directory to write to @ $.train.tensorboard")
+    if run_dir is not None:
+        callbacks.append(JsonlLogger(run_dir, config.log_every))
+        if config.tensorboard:
+            callbacks.append(TensorBoardLogger(run_dir, config.log_every))
+    return callbacks

@@ -4,10 +4,22 @@
   tensor sets, no augmentation;
 * :func:`cifar100`, :func:`imagenet`: torchvision sets with the standard augmentation, for users who have them;
 * :func:`get_dataset` picks one by name; :func:`make_loaders` wraps a pair of sets in seeded DataLoaders;
-* :class:`IndexedDataset` and :func:`augments_randomly` serve the teacher-logit cache.
+* :class:`IndexedDataset` and :func:`augments_randomly` serve the teacher-logit cache;
+* :func:`unpack`, :func:`count_batches`, :func:`steps_per_epoch` and :func:`seed_loader` are the training loop's
+  batch handling.
 """
 
-from deepkd.data.base import IndexedDataset, LabeledTensorDataset, augments_randomly, make_loaders
+from deepkd.data.base import (
+    IndexedDataset,
+    LabeledTensorDataset,
+    Loader,
+    augments_randomly,
+    count_batches,
+    make_loaders,
+    seed_loader,
+    steps_per_epoch,
+    unpack,
+)
 from deepkd.data.catalog import DATASETS, DatasetInfo, get_dataset
 from deepkd.data.fashion import (
     FASHION_MNIST_CLASSES,
@@ -43,10 +55,12 @@ __all__ = [
     "DatasetInfo",
     "IndexedDataset",
     "LabeledTensorDataset",
+    "Loader",
     "PairDataset",
     "augments_randomly",
     "cifar100",
     "cifar100_transforms",
+    "count_batches",
     "digits",
     "fashion_mnist",
     "fashion_mnist_pairs",
@@ -56,6 +70,9 @@ __all__ = [
     "imagenet_transforms",
     "make_loaders",
     "read_idx",
+    "seed_loader",
+    "steps_per_epoch",
     "synthetic",
+    "unpack",
     "write_idx",
 ]

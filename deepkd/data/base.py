@@ -1,5 +1,6 @@
 """Data-set plumbing shared by every loader: an in-memory tensor set, an index-returning wrapper, a test for random
-augmentation, and seeded DataLoaders."""
+augmentation, seeded DataLoaders, and the batch handling of the training loop (:func:`unpack`,
+:func:`count_batches`, :func:`seed_loader`)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,24 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset
 
-from deepkd.errors import ConfigError
+from deepkd.errors import ConfigError, DataError, InputError
 
-__all__ = ["IndexedDataset", "LabeledTensorDataset", "augments_randomly", "make_loaders"]
+__all__ = [
+    "IndexedDataset",
+    "LabeledTensorDataset",
+    "Loader",
+    "augments_randomly",
+    "count_batches",
+    "make_loaders",
+    "seed_loader",
+    "steps_per_epoch",
+    "unpack",
+]
+
+Loader = Iterable[Any]  # what the training loop takes: a DataLoader, or any iterable of (x, y[, index]) batches
 
 
 class LabeledTensorDataset(TensorDataset):
@@ -202,3 +216,57 @@ def make_loaders(
     )
     test = DataLoader(test_set, batch_size=test_batch_size or batch_size, shuffle=False, drop_last=False, **common)
     return train, test
+
+
+# ------------------------------------------------------------------ batches in the training loop
+def unpack(batch: Any, device: torch.device) -> tuple[Any, Tensor, Tensor | None]:
+    """``(x, y[, index])`` of a batch, inputs and targets moved to ``device`` (the index stays where it is).
+
+    >>> x, y, index = unpack((torch.zeros(2, 3), [0, 1]), torch.device("cpu"))
+    >>> y, index
+    (tensor([0, 1]), None)
+    """
+    if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
+        raise InputError(
+            f"batches must be (inputs, targets) or (inputs, targets, index) sequences, got {type(batch).__name__}"
+            + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "")
+        )
+    x, y = batch[0], batch[1]
+    x = x.to(device, non_blocking=True) if isinstance(x, Tensor) else x
+    return x, torch.as_tensor(y).to(device, non_blocking=True), batch[2] if len(batch) == 3 else None
+
+
+def count_batches(loader: Loader, name: str) -> int | None:
+    """``len(loader)``, raising :class:`~deepkd.errors.DataError` (naming the loader ``name``) when it is 0;
+    ``None`` for loaders without a length."""
+    try:
+        n = len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+    if n == 0:
+        raise DataError(f"the {name} is empty: it yields no batches (check the data set and batch_size/drop_last)")
+    return n
+
+
+def steps_per_epoch(loader: Loader) -> int:
+    """The number of batches of a training loader, which must have a length (the learning-rate schedule counts
+    steps); raises :class:`~deepkd.errors.ConfigError` without one, :class:`~deepkd.errors.DataError` for 0."""
+    steps = count_batches(loader, "train_loader")
+    if steps is None:
+        raise ConfigError("the train_loader must have a length (the learning-rate schedule counts steps)")
+    return steps
+
+
+def seed_loader(loader: Loader, seed: int, epoch: int) -> None:
+    """Make this epoch's data order a pure function of ``(seed, epoch)``: the loader's generator and its sampler's
+    are re-seeded with ``seed * 1000003 + epoch``, and a sampler with ``set_epoch`` is told the epoch."""
+    sampler = getattr(loader, "sampler", None)
+    set_epoch = getattr(sampler, "set_epoch", None)
+    if callable(set_epoch):  # DistributedSampler and friends derive their order from the epoch
+        set_epoch(epoch)
+    if isinstance(sampler, RandomSampler) and sampler.generator is None:
+        sampler.generator = torch.Generator()  # otherwise it draws its seed from the global RNG
+    generators = {id(g): g for g in (getattr(loader, "generator", None), getattr(sampler, "generator", None))}
+    for g in generators.values():
+        if isinstance(g, torch.Generator):
+            g.manual_seed(seed * 1000003 + epoch)

@@ -1,0 +1,170 @@
+"""What a run measures: top-k hits, the test metrics of :func:`evaluate`, the per-epoch training summary, and the
+:class:`History` of epoch records.
+
+Accuracies count hits over samples (never means of per-batch means), so the batch size does not change them;
+losses are sample-weighted means. Top-5 is top-``min(5, classes)`` when there are fewer classes.
+
+>>> logits = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
+>>> topk_hits(logits, torch.tensor([1, 1, 1])).tolist()
+[2, 3]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from deepkd.data.base import unpack
+from deepkd.errors import DataError, InputError
+from deepkd.losses import validate_logits
+from deepkd.models import extract_logits
+from deepkd.train_config import autocast
+
+if TYPE_CHECKING:
+    from deepkd.types import StepOutput
+
+__all__ = ["EpochMeter", "History", "evaluate", "topk_hits"]
+
+
+@attrs.define
+class History:
+    """Per-epoch records of a run (the ``"kind": "epoch"`` lines of ``metrics.jsonl``).
+
+    ``history["test_top1"]`` lists one metric over epochs; ``best_top1``/``best_epoch`` and ``final_top1`` give the
+    test top-1 that papers report (best over epochs) and the last one.
+    """
+
+    epochs: list[dict[str, Any]] = attrs.Factory(list)
+
+    def __len__(self) -> int:
+        return len(self.epochs)
+
+    def __getitem__(self, key: str) -> list[Any]:
+        return [record.get(key) for record in self.epochs]
+
+    def _tested(self) -> list[tuple[float, int]]:
+        return [(r["test_top1"], r["epoch"]) for r in self.epochs if _finite(r.get("test_top1"))]
+
+    @property
+    def best_top1(self) -> float | None:
+        """The best test top-1 so far (the first epoch reaching it on ties), or ``None`` before any evaluation."""
+        tested = self._tested()
+        return max(tested, key=lambda a: (a[0], -a[1]))[0] if tested else None
+
+    @property
+    def best_epoch(self) -> int | None:
+        tested = self._tested()
+        return max(tested, key=lambda a: (a[0], -a[1]))[1] if tested else None
+
+    @property
+    def final_top1(self) -> float | None:
+        return self.epochs[-1].get("test_top1") if self.epochs else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"epochs": [dict(r) for r in self.epochs]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> History:
+        return cls([dict(r) for r in data["epochs"]])
+
+
+def _finite(x: object) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def topk_hits(logits: Tensor, target: Tensor) -> Tensor:
+    """Top-1 and top-5 hit counts of a batch (top-min(5, C) when there are fewer classes), as a 2-vector."""
+    top = logits.detach().topk(min(5, logits.shape[1]), dim=1).indices
+    match = top == target[:, None]
+    return torch.stack([match[:, 0].sum(), match.any(dim=1).sum()])
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[Any],
+    *,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+    name: str = "eval_loader",
+) -> dict[str, float]:
+    """Test loss (mean cross-entropy), top-1 and top-5 accuracy of ``model`` over ``loader``, in eval mode.
+
+    The model's train/eval mode is restored afterwards. Raises :class:`InputError` for labels outside
+    ``[0, classes)`` and :class:`DataError` for an empty loader.
+    """
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    loss = torch.zeros((), dtype=torch.float64, device=device)
+    hits = torch.zeros(2, dtype=torch.int64, device=device)
+    seen = 0
+    try:
+        for batch in loader:
+            x, y, _ = unpack(batch, device)
+            with autocast(device, precision):
+                logits = extract_logits(model(x)).float()
+            try:
+                validate_logits(logits, None, y)
+            except InputError as exc:
+                raise InputError(f"{name}: {exc}") from None
+            loss += F.cross_entropy(logits, y, reduction="sum").double()
+            hits += topk_hits(logits, y)
+            seen += len(y)
+    finally:
+        model.train(was_training)
+    if seen == 0:
+        raise DataError(f"the {name} is empty: it yields no samples")
+    top1, top5 = (h / seen for h in hits.tolist())
+    return {"test_loss": loss.item() / seen, "test_top1": top1, "test_top5": top5}
+
+
+class EpochMeter:
+    """Sample-weighted means of the loss parts and the train top-1/top-5 of one epoch, and the last step's
+    read-outs (momenta, GSNR, K, phase). Skipped non-finite steps are counted, not averaged."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.parts: dict[str, float] = {}
+        self.hits = torch.zeros(2, dtype=torch.int64, device=device)
+        self.samples = 0
+        self.skipped = 0
+        self.last: StepOutput | None = None
+
+    def update(self, out: StepOutput, logits: Tensor, target: Tensor) -> None:
+        self.last = out
+        if out.skipped:
+            self.skipped += 1
+            return
+        n = len(target)
+        for part, value in {**out.parts, "total": out.loss}.items():
+            self.parts[part] = self.parts.get(part, 0.0) + value * n
+        self.hits += topk_hits(logits, target)
+        self.samples += n
+
+    def summary(self) -> dict[str, Any]:
+        """The training half of an epoch record (NaN means when every step was skipped).
+
+        Raises:
+            DataError: no step was taken (the train_loader yielded no batches).
+        """
+        last = self.last
+        if last is None:
+            raise DataError("the train_loader yielded no batches this epoch")
+        n = self.samples or math.nan
+        top1, top5 = (h / n for h in self.hits.tolist())
+        return {
+            "loss": {k: s / n for k, s in self.parts.items()} or {"total": math.nan},
+            "train_top1": top1,
+            "train_top5": top5,
+            "momentum": dict(last.momenta),
+            "gsnr": None if last.gsnr is None else dict(last.gsnr),
+            "k": last.k,
+            "phase": last.phase,
+            "skipped": self.skipped,
+        }

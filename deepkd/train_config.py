@@ -1,0 +1,96 @@
+"""How to train: :class:`TrainConfig` (the ``[train]`` table of a config file) and the autocast it asks for.
+
+:class:`TrainConfig` is re-exported by :mod:`deepkd.trainer`, its historical home: ``from deepkd.trainer import
+TrainConfig`` keeps working.
+
+>>> TrainConfig(epochs=3).optimizer_kwargs()["lr"]
+0.05
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Literal
+
+import attrs
+import torch
+from attrs import validators as v
+
+from deepkd.errors import ConfigError
+from deepkd.schedules import SCHEDULES, Step
+from deepkd.types import ScheduleStrategy
+from deepkd.utils import resolve_device
+from deepkd.validators import integer, real
+
+__all__ = ["TrainConfig", "autocast"]
+
+
+@attrs.frozen(kw_only=True)
+class TrainConfig:
+    """How to train. The defaults are the CIFAR-100 recipe of mdistiller (SGD, μ = 0.9, wd 5e-4, lr 0.05, 240
+    epochs, ×0.1 at 150/180/210).
+
+    Attributes:
+        epochs: number of epochs.
+        lr, momentum, weight_decay, dampening, nesterov: the optimizer's hyperparameters (μ = ``momentum``).
+        schedule: learning-rate multiplier per step (:mod:`deepkd.schedules`), e.g. ``{name = "cosine"}``.
+        decomposition: ``"sequential"`` or ``"batched"`` gradient products.
+        track_gsnr: estimate and log each gradient group's GSNR even when the momentum strategy does not use it.
+        nonfinite: ``"raise"`` on a NaN/inf loss part (naming step and part) or ``"skip"`` such steps.
+        precision: ``"fp32"``, ``"bf16"`` (autocast on CPU or CUDA) or ``"fp16"`` (CUDA only; without loss scaling,
+            since the optimizer takes its own gradients: prefer bf16). Losses are computed in float32 either way.
+        compile: run the student through ``torch.compile``.
+        cache_teacher: compute the teacher's logits once per sample (data without random augmentation only).
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+        log_every: write a step record every this many steps.
+        progress: show a progress bar (``None``: only when stderr is a terminal).
+        tensorboard: also write TensorBoard scalars (needs the ``tensorboard`` package).
+    """
+
+    epochs: int = attrs.field(default=240, validator=integer(ge=1))
+    lr: float = attrs.field(default=0.05, validator=real(gt=0.0))
+    momentum: float = attrs.field(default=0.9, validator=real(ge=0.0, lt=1.0))
+    weight_decay: float = attrs.field(default=5e-4, validator=real(ge=0.0))
+    dampening: float = attrs.field(default=0.0, validator=real(ge=0.0, le=1.0))
+    nesterov: bool = attrs.field(default=False, validator=v.instance_of(bool))
+    schedule: ScheduleStrategy = attrs.field(factory=Step, validator=SCHEDULES.validator())
+    decomposition: Literal["sequential", "batched"] = attrs.field(
+        default="sequential", validator=v.in_(("sequential", "batched"))
+    )
+    track_gsnr: bool = attrs.field(default=True, validator=v.instance_of(bool))
+    nonfinite: Literal["raise", "skip"] = attrs.field(default="raise", validator=v.in_(("raise", "skip")))
+    precision: Literal["fp32", "bf16", "fp16"] = attrs.field(default="fp32", validator=v.in_(("fp32", "bf16", "fp16")))
+    compile: bool = attrs.field(default=False, validator=v.instance_of(bool))
+    cache_teacher: bool = attrs.field(default=False, validator=v.instance_of(bool))
+    device: str = attrs.field(default="auto", validator=v.instance_of(str))
+    log_every: int = attrs.field(default=50, validator=integer(ge=1))
+    progress: bool | None = attrs.field(default=None, validator=v.optional(v.instance_of(bool)))
+    tensorboard: bool = attrs.field(default=False, validator=v.instance_of(bool))
+
+    def optimizer_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of :class:`~deepkd.optim.DistillOptimizer` that this config sets."""
+        return {
+            "lr": self.lr,
+            "momentum": self.momentum,
+            "weight_decay": self.weight_decay,
+            "dampening": self.dampening,
+            "nesterov": self.nesterov,
+            "decomposition": self.decomposition,
+            "track_gsnr": self.track_gsnr,
+            "nonfinite": self.nonfinite,
+        }
+
+    def resolved_device(self) -> torch.device:
+        """The device to train on (``"auto"`` resolved, see :func:`~deepkd.utils.resolve_device`), checked against
+        ``precision``: fp16 autocast needs CUDA."""
+        device = resolve_device(self.device)
+        if self.precision == "fp16" and device.type != "cuda":
+            raise ConfigError(f"precision 'fp16' needs a CUDA device, not {device}; use 'bf16' @ $.train.precision")
+        return device
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """The autocast context of a ``precision`` (a no-op for ``"fp32"``): every forward pass of a run goes through it."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
