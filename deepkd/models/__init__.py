@@ -8,10 +8,15 @@
 Families (see each module for the reference paper):
 
 * CIFAR (32x32) models of the distillation literature (CRD / mdistiller zoos): ``resnet8`` ... ``resnet110``,
-  ``resnet8x4``, ``resnet32x4``, ``wrn_16_2``, ``wrn_40_1``, ``wrn_40_2``, ``vgg8``, ``vgg11``, ``vgg13``,
-  ``mobilenetv2`` (alias ``mobile_half``: width 0.5), ``shufflenetv1``, ``shufflenetv2``.
-* torchvision ImageNet models, always randomly initialised: ``resnet18``, ``resnet34``, ``resnet50``,
-  ``resnet101``, ``mobilenet_v2``, ``mobilenet_v3_small``, ``shufflenet_v2_x1_0``.
+  ``resnet8x4``, ``resnet32x4``, ``resnet18_cifar`` / ``resnet34_cifar`` / ``resnet50_cifar`` (aliases
+  ``ResNet18`` / ``ResNet34`` / ``ResNet50``), ``wrn_16_1``, ``wrn_16_2``, ``wrn_40_1``, ``wrn_40_2``, ``vgg8``,
+  ``vgg11``, ``vgg13``, ``vgg16``, ``vgg19``, ``mobilenetv2`` (aliases ``mobile_half``, ``MobileNetV2``: width 0.5),
+  ``shufflenetv1`` (alias ``ShuffleV1``), ``shufflenetv2`` (alias ``ShuffleV2``). Their parameter names are
+  mdistiller's, so its released CIFAR-100 checkpoints load strictly; weights saved by deepkd's earlier zoo are
+  mapped on read (:mod:`deepkd.models.legacy`).
+* ImageNet models: torchvision's ``resnet18``, ``resnet34``, ``resnet50``, ``resnet101``, ``mobilenet_v2``,
+  ``mobilenet_v3_small``, ``shufflenet_v2_x1_0`` (random weights, or torchvision's pretrained ones from its cache
+  through a config's ``pretrained``), and ``mobilenet_v1`` (alias ``MobileNetV1``) in mdistiller's layout.
 * small CPU models for 28x28 / 8x8 grey images: ``small_cnn``, ``small_resnet``, ``tiny_cnn``, ``mlp``.
 """
 
@@ -25,8 +30,10 @@ from torch import nn
 
 from deepkd.errors import ConfigError
 from deepkd.models import (  # noqa: F401  (imported to register their models)
+    mobilenetv1,
     mobilenetv2_cifar,
     resnet_cifar,
+    resnetv2_cifar,
     shufflenet_cifar,
     small,
     torchvision_models,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from torch import Tensor, nn
 
 __all__ = ["ClassifierNet", "init_weights"]
@@ -11,9 +13,13 @@ class ClassifierNet(nn.Module):
     """Base class of deepkd's own classifiers: ``forward(x)`` returns logits ``[B, num_classes]`` only.
 
     Subclasses build ``self.classifier`` (the last linear layer) and implement :meth:`forward_features`, which
-    returns the pooled penultimate embedding ``[B, feature_dim]`` (handy for feature-based distillation).
+    returns the pooled penultimate embedding ``[B, feature_dim]`` (handy for feature-based distillation). A model
+    whose reference layout names its last layer otherwise (``fc``, ``linear``) sets :attr:`classifier_attr` to that
+    name, so its ``state_dict`` keeps the reference's keys.
     """
 
+    #: the attribute holding the last layer, applied by :meth:`forward` to the output of :meth:`forward_features`
+    classifier_attr: ClassVar[str] = "classifier"
     num_classes: int
     feature_dim: int
     classifier: nn.Module
@@ -29,7 +35,7 @@ class ClassifierNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Return the logits ``[B, num_classes]``."""
-        out: Tensor = self.classifier(self.forward_features(x))
+        out: Tensor = getattr(self, self.classifier_attr)(self.forward_features(x))
         return out
 
 

@@ -4,6 +4,10 @@ He et al., "Deep Residual Learning for Image Recognition" (CVPR 2016), sec. 4.2,
 CRD / mdistiller model zoos (Tian et al., "Contrastive Representation Distillation", ICLR 2020): 1x1-conv + BN
 projection shortcuts whenever the shape changes, and the ``x4`` models with a 32-channel stem and stage widths
 64/128/256 instead of 16 / 16/32/64.
+
+The parameter names are those of mdistiller's ``mdistiller/models/cifar/resnet.py`` (``conv1``, ``bn1``,
+``layer1.0.downsample.0``..., ``fc``), so the released CRD / mdistiller CIFAR-100 checkpoints load strictly; weights
+saved by deepkd before 0.2 (``classifier.*``) are mapped by :mod:`deepkd.models.legacy`.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from torch import Tensor, nn
 
 from deepkd.models._registry import register_model
 from deepkd.models.common import ClassifierNet, init_weights
+from deepkd.models.legacy import legacy_keys
 
 __all__ = ["BasicBlock", "CifarResNet"]
 
@@ -45,8 +50,11 @@ class CifarResNet(ClassifierNet):
     """CIFAR ResNet of depth ``6n + 2``: a 3x3 stem, three stages of ``n`` basic blocks, global average pooling.
 
     ``widths`` is ``(stem, stage1, stage2, stage3)``: ``(16, 16, 32, 64)`` for resnet8..resnet110 and
-    ``(32, 64, 128, 256)`` for resnet8x4 / resnet32x4.
+    ``(32, 64, 128, 256)`` for resnet8x4 / resnet32x4. The last layer is ``fc``, as in the reference; the global
+    average pooling is adaptive: the reference's 8x8 pooling on 32x32 inputs, and other input sizes work too.
     """
+
+    classifier_attr = "fc"
 
     def __init__(self, depth: int, widths: Sequence[int], num_classes: int, in_channels: int = 3) -> None:
         if (depth - 2) % 6 != 0 or depth < 8:
@@ -69,7 +77,7 @@ class CifarResNet(ClassifierNet):
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = stages
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(widths[3], num_classes)
+        self.fc = nn.Linear(widths[3], num_classes)
         init_weights(self)
 
     def forward_features(self, x: Tensor) -> Tensor:
@@ -80,6 +88,14 @@ class CifarResNet(ClassifierNet):
 
 _BASE = (16, 16, 32, 64)
 _X4 = (32, 64, 128, 256)
+
+
+@legacy_keys(
+    "resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet8x4", "resnet32x4"
+)
+def _legacy_key(key: str) -> str:
+    """deepkd < 0.2 named the last layer ``classifier``; everything else already had the reference's name."""
+    return "fc." + key.removeprefix("classifier.") if key.startswith("classifier.") else key
 
 
 @register_model("resnet8")
