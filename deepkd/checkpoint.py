@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
+import re
 import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -43,6 +45,8 @@ __all__ = [
     "FORMAT",
     "LATEST",
     "STUDENT",
+    "WEIGHTS_KEYS",
+    "WRAPPER_PREFIXES",
     "RunDir",
     "check_resumable",
     "check_state_dict",
@@ -120,17 +124,35 @@ def copy_atomic(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Non
     _fsync_dir(dst.parent)
 
 
+_UNSAFE = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
 def _read(path: Path) -> Any:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch.load raises many types for torn or foreign files; all mean "unreadable"
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except pickle.UnpicklingError as exc:
+        found = _UNSAFE.search(str(exc))  # a well-formed pickle of an object weights_only does not allow
+        if found is None:  # a torn or foreign file
+            raise CheckpointError(_unreadable(path, exc)) from None
         raise CheckpointError(
-            f"cannot read checkpoint {str(path)!r}: it is corrupt, truncated or not a weights-only torch file "
-            f"({type(exc).__name__}: {reason[:200]})"
+            f"{str(path)!r} is not a weights-only torch file: torch.load(weights_only=True) refuses it because it "
+            f"holds a {found.group(1)} object (e.g. a NumPy scalar or a pickled model next to the weights), and "
+            "deepkd never loads a file unsafely. If you trust the file, convert it once: "
+            "`torch.save(torch.load(path, weights_only=False)['model'], 'weights.pt')` (the state_dict, under "
+            "whichever key it is) and use weights.pt"
         ) from None
+    except Exception as exc:  # torch.load raises many types for torn or foreign files; all mean "unreadable"
+        raise CheckpointError(_unreadable(path, exc)) from None
+
+
+def _unreadable(path: Path, exc: Exception) -> str:
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (
+        f"cannot read checkpoint {str(path)!r}: it is corrupt, truncated or not a weights-only torch file "
+        f"({type(exc).__name__}: {reason[:200]})"
+    )
 
 
 def _major(version: str) -> str:
@@ -162,18 +184,62 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return dict(data)
 
 
+#: keys under which training scripts keep a model's weights: CRD / mdistiller (``"model"``), PyTorch Lightning and
+#: many others (``"state_dict"``), pytorch-cifar style scripts (``"net"``), PyTorch's tutorial (``"model_state_dict"``)
+WEIGHTS_KEYS = ("model", "state_dict", "net", "model_state_dict")
+#: prefixes that wrappers add to every key: DataParallel / DistributedDataParallel, ``torch.compile``
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Model weights from a file: a plain ``state_dict`` (``student.pt``, torchvision ``.pth``), a deepkd
-    checkpoint (its student), or a dict holding the weights under ``"model"`` or ``"state_dict"``."""
+    """Model weights from a file in any of the field's common layouts, read with ``torch.load(weights_only=True)``:
+
+    - a plain ``state_dict`` (``student.pt``, torchvision's ``.pth``);
+    - a dict holding it under ``"model"`` (CRD / mdistiller ``ckpt_epoch_240.pth``, next to ``"optimizer"``,
+      ``"epoch"``, ``"best_acc"``...), ``"state_dict"``, ``"net"`` or ``"model_state_dict"`` (:data:`WEIGHTS_KEYS`);
+    - a deepkd training checkpoint (``latest.pt`` / ``best.pt``): its student.
+
+    A ``module.`` prefix on every key (saved from DataParallel / DistributedDataParallel) and ``torch.compile``'s
+    ``_orig_mod.`` are removed.
+
+    Raises:
+        CheckpointError: the file is missing or unreadable, ``weights_only`` refuses it (the message says how to
+            convert it), or it holds none of these layouts (the message names its top-level keys).
+    """
     path = Path(path)
     data = _read(path)
     if isinstance(data, Mapping) and data.get("format") == FORMAT:
         data = load_checkpoint(path)["student"]
-    elif isinstance(data, Mapping) and not _is_state_dict(data):
-        data = next((data[k] for k in ("model", "state_dict") if _is_state_dict(data.get(k))), data)
+    top = data
+    for _ in range(3):  # {"model": ...}, and at most two levels of such wrapping
+        if _is_state_dict(data) or not isinstance(data, Mapping):
+            break
+        found = [data[k] for k in WEIGHTS_KEYS if isinstance(data.get(k), Mapping)]
+        data = next((d for d in found if _is_state_dict(d)), found[0] if found else None)
     if not _is_state_dict(data):
-        raise CheckpointError(f"{str(path)!r} holds no model weights (expected a state_dict of tensors)")
-    return dict(data)
+        raise CheckpointError(f"{str(path)!r} holds no model weights: {_describe_top(top)}")
+    return _strip_prefixes(data)
+
+
+def _describe_top(data: object) -> str:
+    expected = (
+        "expected a state_dict (parameter names -> tensors), or one under "
+        f"{', '.join(repr(k) for k in WEIGHTS_KEYS[:-1])} or {WEIGHTS_KEYS[-1]!r}"
+    )
+    if not isinstance(data, Mapping):
+        return f"it holds a {type(data).__name__}; {expected}"
+    if not data:
+        return f"it holds an empty dict; {expected}"
+    keys = [str(k) for k in data]
+    shown = ", ".join(repr(k) for k in keys[:12]) + (f" (and {len(keys) - 12} more)" if len(keys) > 12 else "")
+    return f"its top-level keys are {shown}; {expected}"
+
+
+def _strip_prefixes(weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = dict(weights)
+    while prefix := next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in out)), None):
+        out = {k[len(prefix) :]: v for k, v in out.items()}
+    return out
 
 
 def _is_state_dict(data: object) -> bool:
@@ -184,21 +250,25 @@ def _is_state_dict(data: object) -> bool:
     )
 
 
-def check_state_dict(model: nn.Module, saved: Mapping[str, Any]) -> None:
-    """Raise :class:`CheckpointError` unless ``saved`` has exactly ``model``'s keys and shapes."""
+def check_state_dict(model: nn.Module, saved: Mapping[str, Any], what: str = "the checkpoint's student") -> None:
+    """Raise :class:`CheckpointError` unless ``saved`` has exactly ``model``'s keys and shapes; the message names
+    ``what`` was saved and the first few missing keys, unexpected keys and shape mismatches."""
     if not isinstance(saved, Mapping):
-        raise CheckpointError(f"the checkpoint's student weights are malformed ({type(saved).__name__})")
+        raise CheckpointError(f"{what}'s weights are malformed ({type(saved).__name__})")
     own = model.state_dict()
-    problems = [f"missing {k}" for k in own if k not in saved]
-    problems += [f"unexpected {k}" for k in saved if k not in own]
-    problems += [
+    missing = [f"missing {k}" for k in own if k not in saved]
+    unexpected = [f"unexpected {k}" for k in saved if k not in own]
+    shapes = [
         f"{k}: saved {tuple(saved[k].shape)}, model {tuple(t.shape)}"
         for k, t in own.items()
         if k in saved and isinstance(saved[k], torch.Tensor) and saved[k].shape != t.shape
     ]
+    problems = missing + unexpected + shapes
     if problems:
-        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-        raise CheckpointError(f"the checkpoint's student does not fit this model: {'; '.join(problems[:5])}{more}")
+        shown = missing[:3] + unexpected[:3] + shapes[:3]  # a few of each kind
+        more = f" (and {len(problems) - len(shown)} more)" if len(problems) > len(shown) else ""
+        counts = f"{len(missing)} missing, {len(unexpected)} unexpected, {len(shapes)} of another shape"
+        raise CheckpointError(f"{what} does not fit this model: {'; '.join(shown)}{more} [{counts}]")
 
 
 def check_recipe(saved: object, mine: Mapping[str, Any], what: str) -> None:

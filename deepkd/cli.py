@@ -3,7 +3,12 @@
 ::
 
     deepkd train CONFIG.toml [key=value ...] [--resume | --overwrite]
-    deepkd eval CHECKPOINT [--config CONFIG.toml] [--device DEVICE] [--batch-size N]
+    deepkd eval [CHECKPOINT] [--config CONFIG.toml] [--model student|teacher] [--device DEVICE] [--batch-size N]
+
+``deepkd eval`` prints the test top-1, top-5 and loss of a ``latest.pt``/``best.pt`` (which carry their config) or,
+with ``--config``, of any weights file (a plain state_dict, CRD / mdistiller's ``{"model": ...}``...) loaded into the
+config's student or, with ``--model teacher``, its teacher; without a CHECKPOINT it evaluates that model's own
+``checkpoint`` or ``pretrained`` weights.
 
 Overrides are dotted keys into the config (``train.epochs=3 recipe.momentum.delta=0.05 data.name=digits``); values
 are read as TOML literals (``3``, ``0.05``, ``true``, ``[1, 2]``, ``{name = "kd"}``) and otherwise taken as strings.
@@ -38,11 +43,13 @@ def _eval(args: argparse.Namespace) -> int:
     from deepkd.experiment import evaluate_checkpoint, load_experiment
 
     config = load_experiment(args.config) if args.config else None
-    m = evaluate_checkpoint(args.checkpoint, config=config, device=args.device, batch_size=args.batch_size)
+    m = evaluate_checkpoint(
+        args.checkpoint, config=config, device=args.device, batch_size=args.batch_size, model=args.model
+    )
     epoch = "" if m["epoch"] is None else f", epoch {m['epoch']}"
     print(
-        f"top-1 {100 * m['test_top1']:.2f}%  top-5 {100 * m['test_top5']:.2f}%  loss {m['test_loss']:.4f}  "
-        f"({m['samples']} test images{epoch})"
+        f"{m['role']} {m['model']}: top-1 {100 * m['test_top1']:.2f}%  top-5 {100 * m['test_top5']:.2f}%  "
+        f"loss {m['test_loss']:.4f}  ({m['samples']} test images{epoch})"
     )
     return 0
 
@@ -59,9 +66,21 @@ def _parser() -> argparse.ArgumentParser:
     mode.add_argument("--overwrite", action="store_true", help="start over even if run_dir holds a run")
     train.set_defaults(func=_train)
 
-    ev = commands.add_parser("eval", help="evaluate a checkpoint's student on its test set (top-1/top-5)")
-    ev.add_argument("checkpoint", help="latest.pt or best.pt (or student.pt with --config)")
+    ev = commands.add_parser("eval", help="evaluate a checkpoint (student or teacher) on its test set (top-1/top-5)")
+    ev.add_argument(
+        "checkpoint",
+        nargs="?",
+        default=None,
+        help="latest.pt or best.pt, or with --config any weights file (student.pt, {'model': ...}, ...); "
+        "left out: the --model's own checkpoint or pretrained weights from --config",
+    )
     ev.add_argument("--config", help="experiment config, for weights-only files such as student.pt")
+    ev.add_argument(
+        "--model",
+        choices=("student", "teacher"),
+        default="student",
+        help="which of the config's models to evaluate (default student)",
+    )
     ev.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1...")
     ev.add_argument("--batch-size", type=int, default=None, help="evaluation batch size")
     ev.set_defaults(func=_eval)

@@ -27,7 +27,8 @@ A config file, e.g. ``baselines/configs/fashion_mnist/student_deepkd.toml``::
     checkpoint = "runs/fashion_mnist/teacher/student.pt"
 
 Training a teacher is a run whose loss needs no teacher (``loss = "ce"``). Relative paths (``run_dir``, ``root``,
-``checkpoint``) are relative to the working directory.
+``checkpoint``) are relative to the working directory. A torchvision model can instead take torchvision's published
+weights by name (``pretrained = "IMAGENET1K_V1"``), read from torchvision's download cache, never downloaded.
 """
 
 from __future__ import annotations
@@ -46,11 +47,13 @@ from torch.utils.data import DataLoader
 
 from deepkd import config as cfg
 from deepkd.callbacks import Callback
-from deepkd.checkpoint import load_checkpoint, read_state_dict
+from deepkd.checkpoint import check_state_dict, load_checkpoint, read_state_dict
 from deepkd.data import IndexedDataset, get_dataset, make_loaders
 from deepkd.errors import CheckpointError, ConfigError
 from deepkd.metrics import History, evaluate
 from deepkd.models import build_model
+from deepkd.models.legacy import upgrade_state_dict
+from deepkd.models.torchvision_models import check_pretrained, pretrained_state_dict
 from deepkd.recipe import Recipe
 from deepkd.train_config import TrainConfig
 from deepkd.trainer import Trainer
@@ -65,6 +68,7 @@ __all__ = [
     "build_student",
     "evaluate_checkpoint",
     "load_experiment",
+    "load_weights",
     "parse_override",
     "run",
 ]
@@ -92,13 +96,31 @@ class DataConfig:
 class ModelConfig:
     """A registered model (:func:`deepkd.models.build_model`) with builder ``kwargs`` and optional weights.
 
-    ``checkpoint`` is a ``student.pt``, ``best.pt`` or ``latest.pt`` of an earlier run (or any plain state_dict file);
-    a teacher needs one, a student uses it as its initialisation.
+    ``checkpoint`` is a weights file in any common layout (:func:`deepkd.checkpoint.read_state_dict`): a
+    ``student.pt``, ``best.pt`` or ``latest.pt`` of an earlier run, a plain state_dict, a CRD / mdistiller
+    ``ckpt_epoch_240.pth`` (``{"model": ...}``), ``{"state_dict": ...}``, ``{"net": ...}``, with or without
+    DataParallel's ``module.`` prefix. ``pretrained`` names torchvision's published weights of a torchvision model
+    (``"IMAGENET1K_V1"``), read from torchvision's cache (:func:`deepkd.models.torchvision_models.pretrained_path`).
+    A teacher needs one of the two, a student uses it as its initialisation; they are exclusive.
     """
 
     name: str = attrs.field(validator=v.instance_of(str))
     kwargs: dict[str, Any] = attrs.field(factory=dict)
     checkpoint: str | None = attrs.field(default=None, validator=v.optional(v.instance_of(str)))
+    pretrained: str | None = attrs.field(default=None, validator=v.optional(v.instance_of(str)))
+
+    def __attrs_post_init__(self) -> None:
+        if self.pretrained is None:
+            return
+        if self.checkpoint is not None:
+            raise ConfigError(
+                f"set checkpoint or pretrained, not both (checkpoint = {self.checkpoint!r}, pretrained = "
+                f"{self.pretrained!r}) @ $.pretrained"
+            )
+        try:
+            check_pretrained(self.name, self.pretrained)
+        except ConfigError as exc:
+            raise ConfigError([f"{line} @ $.pretrained" for line in exc.lines]) from None
 
 
 @attrs.frozen(kw_only=True)
@@ -166,38 +188,56 @@ def load_experiment(path: str | os.PathLike[str], overrides: Iterable[str] = ())
     return cfg.load(Path(path), ExperimentConfig, transform=lambda data: apply_overrides(data, overrides))
 
 
-def _load_weights(model: nn.Module, spec: ModelConfig, role: str) -> None:
-    assert spec.checkpoint is not None
-    weights = read_state_dict(spec.checkpoint)
+def load_weights(model: nn.Module, spec: ModelConfig, role: str = "model") -> nn.Module:
+    """Load ``spec``'s weights (``checkpoint`` or ``pretrained``) into ``model`` (built from ``spec``), strictly,
+    after mapping deepkd's earlier parameter names (:func:`deepkd.models.legacy.upgrade_state_dict`); ``role``
+    (``"teacher"``, ``"student"``) names it in errors. Returns ``model``.
+
+    Raises:
+        ConfigError: ``spec`` has no weights.
+        CheckpointError: the file is missing or unreadable, or its keys or shapes differ from the model's (the first
+            few missing and unexpected keys and shape mismatches named).
+    """
+    if spec.pretrained is not None:
+        weights = pretrained_state_dict(spec.name, spec.pretrained)
+        what = f"{role} {spec.name!r}: torchvision's {spec.pretrained} weights"
+    elif spec.checkpoint is not None:
+        weights = read_state_dict(spec.checkpoint)
+        what = f"{role} checkpoint {spec.checkpoint!r} (model {spec.name!r})"
+    else:
+        raise ConfigError(f"the {role} {spec.name!r} has no weights: set checkpoint or pretrained")
+    _load_state_dict(model, spec.name, weights, what)
+    return model
+
+
+def _load_state_dict(model: nn.Module, name: str, weights: dict[str, Any], what: str) -> None:
+    weights = upgrade_state_dict(name, weights, model)
+    check_state_dict(model, weights, what=what)
     try:
-        model.load_state_dict(weights)
-    except RuntimeError as exc:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:  # e.g. a tensor that cannot be copied into its parameter
         first = str(exc).strip().splitlines()
-        raise CheckpointError(
-            f"{role} checkpoint {spec.checkpoint!r} does not fit model {spec.name!r}: "
-            f"{' '.join(s.strip() for s in first[:3])}"
-        ) from None
+        raise CheckpointError(f"{what} does not fit this model: {' '.join(s.strip() for s in first[:3])}") from None
 
 
 def build_student(spec: ModelConfig, num_classes: int) -> nn.Module:
-    """The model of ``spec`` with ``num_classes`` outputs, initialised from ``spec.checkpoint`` when set."""
+    """The model of ``spec`` with ``num_classes`` outputs, initialised from ``spec.checkpoint`` or
+    ``spec.pretrained`` when set."""
     model = build_model(spec.name, num_classes, **spec.kwargs)
-    if spec.checkpoint is not None:
-        _load_weights(model, spec, "student")
+    if spec.checkpoint is not None or spec.pretrained is not None:
+        load_weights(model, spec, "student")
     return model
 
 
 def _build_teacher(spec: ModelConfig | None, num_classes: int) -> nn.Module:
     if spec is None:
         raise ConfigError("this recipe's loss distils from a teacher: add a [teacher] table @ $.teacher")
-    if spec.checkpoint is None:
+    if spec.checkpoint is None and spec.pretrained is None:
         raise ConfigError(
-            f"the teacher {spec.name!r} needs trained weights: set checkpoint to an earlier run's student.pt "
-            "@ $.teacher.checkpoint"
+            f"the teacher {spec.name!r} needs trained weights: set checkpoint to an earlier run's student.pt (or any "
+            "weights file), or pretrained to torchvision's weights of a torchvision model @ $.teacher.checkpoint"
         )
-    model = build_model(spec.name, num_classes, **spec.kwargs)
-    _load_weights(model, spec, "teacher")
-    return model
+    return load_weights(build_model(spec.name, num_classes, **spec.kwargs), spec, "teacher")
 
 
 def _datasets(data: DataConfig) -> tuple[Any, Any, Any]:
@@ -248,22 +288,40 @@ def run(
 
 
 def evaluate_checkpoint(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | None,
     *,
     config: ExperimentConfig | None = None,
     device: str = "auto",
     batch_size: int | None = None,
+    model: str = "student",
 ) -> dict[str, Any]:
-    """Test loss, top-1 and top-5 of a checkpoint's student on its config's test set.
+    """Test loss, top-1 and top-5 of a model's weights on its config's test set.
 
-    ``path`` is a ``latest.pt``/``best.pt`` (which carry their config) or, with ``config``, any weights file
-    (``student.pt``). Returns the metrics plus ``epoch`` (``None`` for weights-only files) and ``samples``.
+    ``model`` (``"student"`` or ``"teacher"``) chooses which of the config's models to build. ``path`` is a
+    ``latest.pt``/``best.pt`` (which carry their config, so ``config`` may be left out for their student) or, with
+    ``config``, a weights file in any layout :func:`deepkd.checkpoint.read_state_dict` reads (``student.pt``, a
+    CRD / mdistiller ``ckpt_epoch_240.pth``...); ``path=None`` evaluates the model's own ``checkpoint`` or
+    ``pretrained`` weights from ``config``. Returns the metrics plus ``epoch`` (``None`` unless read from a training
+    checkpoint's own config), ``samples``, ``model`` (the model's name) and ``role`` (``model``).
+
+    Raises:
+        ConfigError: no config, no such model in it, or no weights to evaluate.
+        CheckpointError: the weights are missing, unreadable or do not fit the model.
     """
-    path = Path(path)
-    epoch = None
+    if model not in ("student", "teacher"):
+        raise ConfigError(f"model must be 'student' or 'teacher', got {model!r}")
+    epoch, saved = None, None
     if config is None:
+        if path is None:
+            raise ConfigError("nothing to evaluate: give a checkpoint, or a config whose model has weights")
+        if model != "student":
+            raise ConfigError(
+                f"a training checkpoint such as {str(path)!r} holds its student; to evaluate a teacher, pass the "
+                "config (--config) and the teacher's weights file, or only the config to use [teacher]'s checkpoint "
+                "or pretrained weights"
+            )
         state = load_checkpoint(path)
-        epoch = state["epoch"]
+        epoch, saved = state["epoch"], state["student"]
         try:
             config = cfg.structure(state["config"], ExperimentConfig)
         except ConfigError as exc:
@@ -271,16 +329,21 @@ def evaluate_checkpoint(
                 f"checkpoint {str(path)!r} holds no experiment config (was it written by a bare Trainer?); pass one "
                 f"with --config: {exc.lines[0]}"
             ) from None
-        weights = state["student"]
-    else:
-        weights = read_state_dict(path)
+    spec = config.student if model == "student" else config.teacher
+    if spec is None:
+        raise ConfigError("the config has no [teacher] table to evaluate @ $.teacher")
     _, test_set, info = _datasets(config.data)
-    student = build_model(config.student.name, info.num_classes, **config.student.kwargs)
-    try:
-        student.load_state_dict(weights)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{str(path)!r} does not fit model {config.student.name!r}: {str(exc)[:300]}") from None
+    net = build_model(spec.name, info.num_classes, **spec.kwargs)
+    if path is None:
+        if spec.checkpoint is None and spec.pretrained is None:
+            raise ConfigError(
+                f"nothing to evaluate: give a weights file, or set checkpoint or pretrained @ $.{model}.checkpoint"
+            )
+        load_weights(net, spec, model)
+    else:
+        weights = saved if saved is not None else read_state_dict(path)
+        _load_state_dict(net, spec.name, weights, f"{str(path)!r} (as {model} {spec.name!r})")
     dev = resolve_device(device)
     loader = DataLoader(test_set, batch_size=batch_size or config.data.test_batch_size or config.data.batch_size)
-    metrics = evaluate(student.to(dev), loader, device=dev, name="test set")
-    return {**metrics, "epoch": epoch, "samples": len(test_set)}  # type: ignore[arg-type]
+    metrics = evaluate(net.to(dev), loader, device=dev, name="test set")
+    return {**metrics, "epoch": epoch, "samples": len(test_set), "model": spec.name, "role": model}

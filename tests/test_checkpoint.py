@@ -50,9 +50,21 @@ def test_read_state_dict_accepts_plain_wrapped_and_deepkd_files(tmp_path):
         assert got.keys() == weights.keys() and all(torch.equal(got[k], weights[k]) for k in weights)
 
 
+def test_read_state_dict_strips_the_data_parallel_prefix_and_finds_net_and_state_dict(tmp_path):
+    weights = nn.Linear(3, 2).state_dict()
+    torch.save({"net": {f"module.{k}": v for k, v in weights.items()}, "acc": 93.1}, tmp_path / "a.pth")
+    torch.save({"state_dict": weights, "epoch": 5}, tmp_path / "b.pth")
+    for name in ("a.pth", "b.pth"):
+        got = read_state_dict(tmp_path / name)
+        assert got.keys() == weights.keys() and all(torch.equal(got[k], weights[k]) for k in weights)
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
-    [({"epoch": 3}, "holds no model weights"), ([1, 2, 3], "holds no model weights")],
+    [
+        ({"epoch": 3}, "holds no model weights: its top-level keys are 'epoch'"),
+        ([1, 2, 3], "holds no model weights: it holds a list"),
+    ],
 )
 def test_read_state_dict_refuses_files_without_weights(tmp_path, content, message):
     torch.save(content, tmp_path / "x.pt")

@@ -155,6 +155,16 @@ def test_a_teacher_run_feeds_a_distillation_run_and_eval_reports_it(tmp_path, ca
     assert f"top-1 {100 * final['test_top1']:.2f}%" in capsys.readouterr().out
     assert read_state_dict(latest).keys() == read_state_dict(plain).keys()
 
+    # the teacher: its weights file given, or the [teacher] checkpoint of the config
+    teacher_final = torch.load(tmp_path / "runs" / "teacher" / "latest.pt", weights_only=True)["history"]["epochs"][-1]
+    expected = (
+        f"teacher mlp: top-1 {100 * teacher_final['test_top1']:.2f}%  top-5 {100 * teacher_final['test_top5']:.2f}%"
+    )
+    assert main(["eval", teacher_weights, "--config", str(student), "--model", "teacher"]) == 0
+    assert capsys.readouterr().out.startswith(expected)
+    assert main(["eval", "--config", str(student), "--model", "teacher"]) == 0
+    assert capsys.readouterr().out.startswith(expected)
+
 
 def test_a_distillation_run_needs_a_fitting_teacher(tmp_path, capsys):
     assert main(["train", str(write_config(tmp_path, "s1", loss="kd"))]) == 2

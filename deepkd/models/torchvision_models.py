@@ -1,21 +1,36 @@
 """ImageNet-style classifiers from torchvision, built from scratch (``weights=None``: nothing is ever downloaded).
 
+Their published ImageNet weights can be read by name (``IMAGENET1K_V1``...) from torchvision's download cache,
+``torch.hub.get_dir()/checkpoints`` (``$TORCH_HOME/hub/checkpoints``, by default ``~/.cache/torch/hub/checkpoints``):
+:func:`pretrained_state_dict` loads the file when it is there and says which file to put where when it is not.
+
 He et al., "Deep Residual Learning for Image Recognition" (CVPR 2016); Sandler et al., "MobileNetV2" (CVPR
 2018); Ma et al., "ShuffleNet V2" (ECCV 2018); Howard et al., "Searching for MobileNetV3" (ICCV 2019).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
+import torch
 import torchvision.models as tvm  # type: ignore[import-untyped, unused-ignore]
 from torch import nn
 
-from deepkd.errors import ConfigError
+from deepkd.errors import CheckpointError, ConfigError
 from deepkd.models._registry import register_model
 
-__all__ = ["TORCHVISION_MODELS", "build_torchvision"]
+__all__ = [
+    "TORCHVISION_MODELS",
+    "build_torchvision",
+    "check_pretrained",
+    "pretrained_path",
+    "pretrained_state_dict",
+    "pretrained_url",
+]
 
 #: registered name -> torchvision builder name
 TORCHVISION_MODELS: dict[str, str] = {
@@ -45,6 +60,67 @@ def build_torchvision(tv_name: str, num_classes: int, **kwargs: Any) -> nn.Modul
         raise ConfigError(f"model {tv_name!r}: {exc}") from None
     model.num_classes = num_classes  # type: ignore[assignment]  # torchvision models lack the attribute
     return model
+
+
+def _weights_enum(name: str) -> Any:
+    if name not in TORCHVISION_MODELS:
+        raise ConfigError(
+            f"pretrained weights exist only for the torchvision models ({', '.join(TORCHVISION_MODELS)}), "
+            f'not for {name!r}; load other models\' weights with checkpoint = "..."'
+        )
+    return tvm.get_model_weights(TORCHVISION_MODELS[name])
+
+
+def check_pretrained(name: str, weights: str) -> str:
+    """The name of torchvision's weights ``weights`` (``"IMAGENET1K_V1"``; ``"DEFAULT"`` is torchvision's alias of
+    the best ones) for model ``name``.
+
+    Raises:
+        ConfigError: ``name`` is not a torchvision model, or it has no weights of that name (the valid ones listed).
+    """
+    enum = _weights_enum(name)
+    valid = [w.name for w in enum]
+    try:
+        return str(enum[weights].name)
+    except KeyError:
+        raise ConfigError(
+            f"{name!r} has no pretrained weights {weights!r}; torchvision's are {', '.join(valid)} (or DEFAULT)"
+        ) from None
+
+
+def pretrained_url(name: str, weights: str) -> str:
+    """Where torchvision downloads model ``name``'s ``weights`` from (deepkd itself never downloads)."""
+    return str(_weights_enum(name)[check_pretrained(name, weights)].url)
+
+
+def pretrained_path(name: str, weights: str) -> Path:
+    """The file torchvision's cache keeps model ``name``'s ``weights`` in: ``torch.hub.get_dir()/checkpoints/<file
+    name of the URL>``, as ``torchvision`` (``torch.hub.load_state_dict_from_url``) names it."""
+    file_name = os.path.basename(urlparse(pretrained_url(name, weights)).path)
+    return Path(torch.hub.get_dir()) / "checkpoints" / file_name
+
+
+def pretrained_state_dict(name: str, weights: str) -> dict[str, torch.Tensor]:
+    """Model ``name``'s published ``weights`` (e.g. ``"IMAGENET1K_V1"``) from torchvision's cache, read with
+    ``torch.load(weights_only=True)``. Nothing is downloaded: when the file is missing, the error gives the URL and
+    the path to put it at. The file's hash is not checked (torchvision checks it when it downloads).
+
+    Raises:
+        ConfigError: no such model or weights.
+        CheckpointError: the file is not in the cache, or unreadable.
+    """
+    from deepkd.checkpoint import read_state_dict  # deepkd.checkpoint does not import the models
+
+    path = pretrained_path(name, weights)
+    if not path.is_file():
+        raise CheckpointError(
+            f"torchvision's {check_pretrained(name, weights)} weights of {name!r} are not in the torch hub cache: "
+            f"deepkd never downloads, so download {pretrained_url(name, weights)} to {str(path)!r} (the cache is "
+            f"torch.hub.get_dir()/checkpoints, i.e. $TORCH_HOME/hub/checkpoints; set TORCH_HOME to use another "
+            f"directory), or run torchvision.models.get_model({TORCHVISION_MODELS[name]!r}, "
+            f"weights={check_pretrained(name, weights)!r}) once with internet access"
+        )
+    return read_state_dict(path)
 
 
 def _make_builder(name: str, tv_name: str) -> Callable[..., nn.Module]:
