@@ -1,10 +1,13 @@
 """Recipes of the published methods (sources in each entry) and the per-pair DeepKD settings.
 
+``python -m baselines.make_configs`` writes ``baselines/configs/{cifar100,imagenet}/**`` from these presets.
+
 Sources:
 - KD: Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network", 2015; CIFAR settings from mdistiller
   (T = 4, w_ce = 0.1, w_kd = 0.9), ImageNet T = 1, 0.5 / 0.5.
-- DKD: Zhao et al., "Decoupled Knowledge Distillation", CVPR 2022 (α = 1, β = 8, T = 4, 20 warm-up epochs on
-  CIFAR-100; ImageNet β = 0.5, T = 1).
+- DKD: Zhao et al., "Decoupled Knowledge Distillation", CVPR 2022 (α = 1, β = 8 unless the pair's config sets it,
+  T = 4, 20 warm-up epochs on CIFAR-100; ImageNet T = 1, 1 warm-up epoch, β = 0.5 for ResNet34 → ResNet18 and 2 for
+  ResNet50 → MobileNetV1).
 - DOT: Zhao et al., "DOT: A Distillation-Oriented Trainer", ICCV 2023 (KD base, Δ = 0.075 CIFAR, 0.09 ImageNet).
 - DeepKD: Huang et al., "DeepKD: A Deeply Decoupled and Denoised Knowledge Distillation Trainer",
   arXiv 2505.15133, and its official code (github.com/haiduo/DeepKD, commit afb5964): per-pair momentum deltas.
@@ -16,10 +19,44 @@ from typing import Literal
 
 import deepkd
 
-__all__ = ["CIFAR100_DEEPKD_DKD", "CIFAR100_DEEPKD_KD", "DKD_BETA", "METHODS", "cifar100", "imagenet"]
+__all__ = [
+    "CIFAR100_DEEPKD_DKD",
+    "CIFAR100_DEEPKD_KD",
+    "CIFAR100_DOT_DELTA",
+    "CIFAR100_PAIRS",
+    "DKD_BETA",
+    "IMAGENET_DKD_BETA",
+    "IMAGENET_PAIRS",
+    "LOW_LR_STUDENTS",
+    "METHODS",
+    "cifar100",
+    "cifar100_lr",
+    "imagenet",
+]
 
 Method = Literal["ce", "kd", "dkd", "dot", "deepkd", "deepkd_paper", "deepkd_official"]
 METHODS: tuple[str, ...] = ("ce", "kd", "dkd", "dot", "deepkd", "deepkd_paper", "deepkd_official")
+
+# The CIFAR-100 (teacher, student) pairs of the DKD, DOT and DeepKD papers, in the order of their tables (DKD's
+# same-architecture pairs, DeepKD's extra resnet110 -> resnet20, then the cross-architecture pairs). ``resnet50_cifar``
+# is the CIFAR ResNet50 of mdistiller's ``resnetv2.py`` (its ``ResNet50``), not torchvision's ``resnet50``.
+CIFAR100_PAIRS: tuple[tuple[str, str], ...] = (
+    ("resnet56", "resnet20"),
+    ("resnet110", "resnet32"),
+    ("resnet110", "resnet20"),
+    ("resnet32x4", "resnet8x4"),
+    ("wrn_40_2", "wrn_16_2"),
+    ("wrn_40_2", "wrn_40_1"),
+    ("vgg13", "vgg8"),
+    ("resnet32x4", "shufflenetv1"),
+    ("resnet32x4", "shufflenetv2"),
+    ("wrn_40_2", "shufflenetv1"),
+    ("vgg13", "mobilenetv2"),
+    ("resnet50_cifar", "mobilenetv2"),
+)
+
+# The ImageNet pairs of the DKD and DOT papers; the teachers are torchvision's ImageNet weights.
+IMAGENET_PAIRS: tuple[tuple[str, str], ...] = (("resnet34", "resnet18"), ("resnet50", "mobilenet_v1"))
 
 # DeepKD on the KD base, CIFAR-100: (teacher, student) -> (δ_TCG, δ_NCG, w_ce); δ_TOG = +0.075 everywhere. Where the
 # official config raises the CE weight above 0.1, it sets the KD weight to 1 − w_ce (e.g. resnet32x4 → resnet8x4:
@@ -36,11 +73,13 @@ CIFAR100_DEEPKD_KD: dict[tuple[str, str], tuple[float, float, float]] = {
     ("resnet32x4", "shufflenetv2"): (-0.075, 0.075, 0.1),
     ("wrn_40_2", "shufflenetv1"): (-0.075, 0.085, 0.1),
     ("vgg13", "mobilenetv2"): (-0.075, 0.095, 0.8),
-    ("resnet50", "mobilenetv2"): (-0.1, 0.025, 0.1),
+    ("resnet50_cifar", "mobilenetv2"): (-0.1, 0.025, 0.1),
 }
 
 # The DKD baseline's β per pair (mdistiller a08d46f configs/cifar100/dkd/*.yaml); 8 (mdistiller's default) for pairs
-# not listed, as for its res32x4_res8x4, res32x4_shuv1/shuv2, res50_mv2 and wrn40_2_shuv1 configs.
+# not listed, as for its res32x4_res8x4, res32x4_shuv1/shuv2, res50_mv2 and wrn40_2_shuv1 configs, which leave BETA
+# at that default. resnet110 -> resnet20 has no DKD config anywhere (DeepKD's pair): it gets the default 8 too, an
+# unpublished value.
 DKD_BETA: dict[tuple[str, str], float] = {
     ("resnet32x4", "resnet8x4"): 8.0,
     ("resnet56", "resnet20"): 2.0,
@@ -59,8 +98,21 @@ CIFAR100_DEEPKD_DKD: dict[tuple[str, str], tuple[float, float, float]] = {
     ("wrn_40_2", "wrn_40_1"): (4.0, -0.1, 0.05),
 }
 
+# The DOT momentum offset Δ on CIFAR-100: mdistiller's three DOT configs (res32x4_res8x4, vgg13_vgg8, res32x4_shuv2)
+# all use 0.075, its default; the other pairs have no published DOT config and use that default.
+CIFAR100_DOT_DELTA = 0.075
+
+# The DKD β on ImageNet per pair (mdistiller a08d46f configs/imagenet/r34_r18/dkd.yaml, r50_mv1/dkd.yaml).
+IMAGENET_DKD_BETA: dict[tuple[str, str], float] = {("resnet34", "resnet18"): 0.5, ("resnet50", "mobilenet_v1"): 2.0}
+
 # Students that the published recipes train with lr 0.01 instead of 0.05.
 LOW_LR_STUDENTS = ("shufflenetv1", "shufflenetv2", "mobilenetv2")
+
+
+def cifar100_lr(student: str) -> float:
+    """The published CIFAR-100 learning rate for ``student``: 0.01 for ShuffleNet and MobileNet students, else 0.05
+    (mdistiller's and DeepKD's per-pair configs)."""
+    return 0.01 if student in LOW_LR_STUDENTS else 0.05
 
 
 def cifar100(method: str, teacher: str = "resnet32x4", student: str = "resnet8x4") -> deepkd.Recipe:
@@ -88,7 +140,7 @@ def cifar100(method: str, teacher: str = "resnet32x4", student: str = "resnet8x4
     if method == "dkd":
         return deepkd.compose(loss=dkd, momentum="sgd", mask="none", name="dkd")
     if method == "dot":
-        return deepkd.compose(loss=kd, momentum=deepkd.DOT(delta=0.075), mask="none", name="dot")
+        return deepkd.compose(loss=kd, momentum=deepkd.DOT(delta=CIFAR100_DOT_DELTA), mask="none", name="dot")
     if method == "deepkd":
         return deepkd.compose(loss=dkd, momentum="gsnr", mask="dynamic", name="deepkd")
     tcg, ncg, w_ce = CIFAR100_DEEPKD_KD.get(pair, (-0.075, 0.075, 0.1))
@@ -108,11 +160,17 @@ def cifar100(method: str, teacher: str = "resnet32x4", student: str = "resnet8x4
     raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
 
 
-def imagenet(method: str) -> deepkd.Recipe:
-    """The ImageNet ResNet34 → ResNet18 recipe of ``method`` (KD: T = 1, 0.5 / 0.5; DKD β 0.5, T 1; DOT Δ = 0.09;
-    DeepKD Δ = 0.09 and the ImageNet mask thresholds (0.40, 0.70)); the DeepKD presets as in :func:`cifar100`."""
+def imagenet(method: str, teacher: str = "resnet34", student: str = "resnet18") -> deepkd.Recipe:
+    """The ImageNet recipe of ``method`` for a pair of :data:`IMAGENET_PAIRS` (KD: T = 1, 0.5 / 0.5; DKD: the pair's
+    β, T 1, warm-up 1; DOT Δ = 0.09; DeepKD Δ = 0.09 and the ImageNet mask thresholds (0.40, 0.70)); the DeepKD
+    presets as in :func:`cifar100`. The fixed DeepKD deltas are the official ResNet34 → ResNet18 ones for both pairs
+    (DeepKD publishes no ResNet50 → MobileNetV1 config; its ResNet50 → MobileNetV2 config uses the same deltas)."""
+    if (teacher, student) not in IMAGENET_DKD_BETA:
+        pairs = ", ".join(f"{t} -> {s}" for t, s in IMAGENET_PAIRS)
+        raise ValueError(f"no ImageNet recipe for {teacher} -> {student}; known pairs: {pairs}")
     kd = deepkd.KD(temperature=1.0, w_ce=0.5, w_kd=0.5)
-    dkd = deepkd.DKD(alpha=1.0, beta=0.5, temperature=1.0, warmup=1, w_ce=1.0)
+    beta = IMAGENET_DKD_BETA[(teacher, student)]
+    dkd = deepkd.DKD(alpha=1.0, beta=beta, temperature=1.0, warmup=1, w_ce=1.0)
     mask = deepkd.DynamicMask(thresholds=(0.4, 0.7))
     if method == "kd":
         return deepkd.compose(loss=kd, momentum="sgd", mask="none", name="kd")

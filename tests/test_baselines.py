@@ -17,9 +17,24 @@ def test_cifar100_presets_round_trip(method, pair):
 
 
 @pytest.mark.parametrize("method", [m for m in presets.METHODS if m != "ce"])
-def test_imagenet_presets(method):
-    recipe = presets.imagenet(method)
+@pytest.mark.parametrize("pair", presets.IMAGENET_PAIRS)
+def test_imagenet_presets(method, pair):
+    recipe = presets.imagenet(method, *pair)
     assert deepkd.Recipe.from_dict(recipe.to_dict()) == recipe
+    assert recipe.name == method
+
+
+def test_the_pairs_and_their_learning_rates():
+    assert set(presets.CIFAR100_PAIRS) == set(presets.CIFAR100_DEEPKD_KD)
+    assert set(presets.CIFAR100_DEEPKD_DKD) <= set(presets.CIFAR100_PAIRS)
+    assert presets.cifar100_lr("shufflenetv1") == presets.cifar100_lr("mobilenetv2") == 0.01
+    assert presets.cifar100_lr("resnet8x4") == presets.cifar100_lr("wrn_16_2") == 0.05
+    # the ResNet50 teacher of the CIFAR pairs is mdistiller's CIFAR ResNet50, not torchvision's ImageNet one
+    assert ("resnet50_cifar", "mobilenetv2") in presets.CIFAR100_PAIRS
+    assert presets.imagenet("dkd", "resnet50", "mobilenet_v1").loss.beta == 2.0
+    assert presets.imagenet("dkd").loss.beta == 0.5
+    with pytest.raises(ValueError, match="known pairs"):
+        presets.imagenet("kd", "resnet50", "resnet18")
 
 
 def test_published_numbers():
@@ -55,7 +70,7 @@ MDISTILLER_DKD_BETA = {
     ("resnet32x4", "resnet8x4"): 8.0,
     ("resnet32x4", "shufflenetv1"): 8.0,
     ("resnet32x4", "shufflenetv2"): 8.0,
-    ("resnet50", "mobilenetv2"): 8.0,
+    ("resnet50_cifar", "mobilenetv2"): 8.0,
     ("resnet56", "resnet20"): 2.0,
     ("vgg13", "mobilenetv2"): 6.0,
     ("vgg13", "vgg8"): 6.0,

@@ -3,28 +3,66 @@
 from __future__ import annotations
 
 import inspect
+import json
+import re
 from pathlib import Path
 
 import pytest
+import torch
 
 import deepkd
+from baselines import make_configs, presets
 from deepkd.data import DATASETS
 from deepkd.experiment import ExperimentConfig, load_experiment
-from deepkd.models import MODELS
+from deepkd.models import MODELS, build_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "baselines" / "configs"
+ZOO = Path(__file__).resolve().parent / "data" / "zoo"
 FILES = sorted(CONFIGS.rglob("*.toml"))
-CIFAR_PAIRS = ["resnet32x4_resnet8x4", "resnet56_resnet20", "wrn_40_2_wrn_16_2", "vgg13_vgg8"]
+CIFAR_PAIRS = [f"{t}_{s}" for t, s in presets.CIFAR100_PAIRS]
+IMAGENET_PAIRS = [f"{t}_{s}" for t, s in presets.IMAGENET_PAIRS]
+CIFAR_TEACHERS = sorted({t for t, _ in presets.CIFAR100_PAIRS})
 METHODS = ["kd", "dkd", "dot", "deepkd", "deepkd_paper", "deepkd_official"]
 FASHION_METHODS = ["kd", "dkd", "dot", "deepkd"]
+DOT_PUBLISHED = ("resnet32x4_resnet8x4", "vgg13_vgg8", "resnet32x4_shufflenetv2")  # mdistiller configs/cifar100/dot
 
 
 def test_the_published_recipes_are_all_shipped():
     names = {f.relative_to(CONFIGS).as_posix() for f in FILES}
     expected = {f"cifar100/{pair}/{m}.toml" for pair in CIFAR_PAIRS for m in METHODS}
-    expected |= {f"imagenet/resnet34_resnet18/{m}.toml" for m in METHODS}
+    expected |= {f"cifar100/teachers/{t}.toml" for t in CIFAR_TEACHERS}
+    expected |= {f"imagenet/{pair}/{m}.toml" for pair in IMAGENET_PAIRS for m in METHODS}
     expected |= {"fashion_mnist/teacher.toml"} | {f"fashion_mnist/student_{m}.toml" for m in FASHION_METHODS}
     assert expected <= names
+    assert len(CIFAR_PAIRS) == 12 and "resnet110_resnet20" in CIFAR_PAIRS and "resnet50_mobilenet_v1" in IMAGENET_PAIRS
+
+
+def test_the_shipped_configs_are_what_the_generator_writes():
+    """baselines/configs/{cifar100,imagenet} cannot drift from baselines.presets: rerun
+    ``python -m baselines.make_configs`` after changing a preset."""
+    files = make_configs.render_all()
+    shipped = {
+        f.relative_to(CONFIGS).as_posix() for f in FILES if f.relative_to(CONFIGS).parts[0] in ("cifar100", "imagenet")
+    }
+    assert shipped == set(files), "run python -m baselines.make_configs"
+    stale = [path for path, text in files.items() if (CONFIGS / path).read_text() != text]
+    assert not stale, f"edited by hand or stale (run python -m baselines.make_configs): {stale}"
+    assert make_configs.main(["--check"]) == 0
+
+
+def test_every_file_names_its_sources_and_its_command():
+    for path, text in make_configs.render_all().items():
+        header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
+        assert f"#   deepkd train baselines/configs/{path}\n" in header
+        assert "Source" in header or "Not published" in header or "teachers/" in path
+    unpinned = dict(make_configs.unpinned())
+    # the values no published config pins down, each said so in its file's header
+    assert set(unpinned) == {
+        "cifar100/resnet110_resnet20/dkd.toml",
+        "cifar100/resnet110_resnet20/deepkd.toml",
+        "imagenet/resnet50_mobilenet_v1/deepkd_paper.toml",
+        "imagenet/resnet50_mobilenet_v1/deepkd_official.toml",
+    } | {f"cifar100/{p}/dot.toml" for p in CIFAR_PAIRS if p not in DOT_PUBLISHED}
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.relative_to(CONFIGS).as_posix())
@@ -43,55 +81,116 @@ def test_shipped_config_is_valid(path):
     needs_teacher = config.recipe.loss.needs_teacher
     assert (config.teacher is not None) == needs_teacher
     if needs_teacher:
-        assert config.teacher.checkpoint
+        assert config.teacher.checkpoint or config.teacher.pretrained
     assert config.run_dir.startswith("runs/") and path.stem in config.run_dir
 
 
-@pytest.mark.parametrize(
-    ("pair", "w_ce", "tcg", "ncg"),
-    [
-        ("resnet32x4_resnet8x4", 0.5, -0.075, 0.075),
-        ("resnet56_resnet20", 0.1, -0.075, 0.025),
-        ("wrn_40_2_wrn_16_2", 0.6, -0.075, 0.085),
-        ("vgg13_vgg8", 0.1, -0.075, 0.05),
-    ],
-)
-def test_cifar_deepkd_configs_carry_the_published_deltas(pair, w_ce, tcg, ncg):
-    official = load_experiment(CONFIGS / "cifar100" / pair / "deepkd_official.toml").recipe
+@pytest.mark.parametrize("pair", presets.CIFAR100_PAIRS, ids="_".join)
+def test_cifar_deepkd_configs_carry_the_published_deltas(pair):
+    tcg, ncg, w_ce = presets.CIFAR100_DEEPKD_KD[pair]
+    folder = CONFIGS / "cifar100" / "_".join(pair)
+    official = load_experiment(folder / "deepkd_official.toml").recipe
     assert official.momentum == deepkd.FixedOffsets(tog=0.075, tcg=tcg, ncg=ncg, reference_quirks=True)
     assert official.loss.split == "official" and official.mask == deepkd.NoMask()
-    config = load_experiment(CONFIGS / "cifar100" / pair / "deepkd_paper.toml")
+    config = load_experiment(folder / "deepkd_paper.toml")
     assert config.recipe.momentum == deepkd.FixedOffsets(tog=0.075, tcg=tcg, ncg=ncg)
     assert config.recipe.loss.w_ce == w_ce == official.loss.w_ce
-    train = config.train
-    assert (train.epochs, train.lr, train.momentum, train.weight_decay) == (240, 0.05, 0.9, 5e-4)
+    lr = 0.01 if pair[1] in ("shufflenetv1", "shufflenetv2", "mobilenetv2") else 0.05
+    for method in METHODS:
+        train = load_experiment(folder / f"{method}.toml").train
+        assert (train.epochs, train.lr, train.momentum, train.weight_decay) == (240, lr, 0.9, 5e-4)
     assert train.schedule.milestones == (150, 180, 210) and config.data.batch_size == 64
 
 
-def test_imagenet_recipes():
-    load = lambda m: load_experiment(CONFIGS / "imagenet" / "resnet34_resnet18" / f"{m}.toml")
+# Spot checks against mdistiller a08d46f and DeepKD afb5964, typed in from the files themselves.
+PUBLISHED = {
+    ("resnet56_resnet20", "deepkd_official"): {"lr": 0.05, "tcg": -0.075, "ncg": 0.025, "w_ce": 0.1},
+    ("resnet110_resnet20", "deepkd_official"): {"lr": 0.05, "tcg": -0.1, "ncg": -0.05, "w_ce": 0.1},
+    ("resnet32x4_resnet8x4", "deepkd_official"): {"lr": 0.05, "tcg": -0.075, "ncg": 0.075, "w_ce": 0.5},
+    ("vgg13_mobilenetv2", "deepkd_official"): {"lr": 0.01, "tcg": -0.075, "ncg": 0.095, "w_ce": 0.8},
+    ("resnet50_cifar_mobilenetv2", "deepkd_official"): {"lr": 0.01, "tcg": -0.1, "ncg": 0.025, "w_ce": 0.1},
+    ("resnet32x4_shufflenetv1", "dkd"): {"lr": 0.01, "beta": 8.0},
+    ("resnet110_resnet32", "dkd"): {"lr": 0.05, "beta": 2.0},
+    ("vgg13_mobilenetv2", "dkd"): {"lr": 0.01, "beta": 6.0},
+    ("resnet32x4_shufflenetv2", "dot"): {"lr": 0.01, "delta": 0.075},
+}
+
+
+@pytest.mark.parametrize(("pair", "method"), sorted(PUBLISHED), ids="/".join)
+def test_spot_checks_against_the_published_files(pair, method):
+    config = load_experiment(CONFIGS / "cifar100" / pair / f"{method}.toml")
+    want = PUBLISHED[(pair, method)]
+    assert config.train.lr == want["lr"]
+    recipe = config.recipe
+    if "tcg" in want:
+        assert (recipe.momentum.tcg, recipe.momentum.ncg, recipe.loss.w_ce) == (want["tcg"], want["ncg"], want["w_ce"])
+        assert recipe.loss.w_kd == (0.9 if want["w_ce"] == 0.1 else pytest.approx(1 - want["w_ce"]))
+    if "beta" in want:
+        assert recipe.loss.beta == want["beta"]
+    if "delta" in want:
+        assert recipe.momentum == deepkd.DOT(delta=want["delta"])
+
+
+@pytest.mark.parametrize("pair", presets.CIFAR100_PAIRS, ids="_".join)
+def test_cifar_teachers_are_mdistillers_released_checkpoints(pair):
+    """The teacher checkpoint is where mdistiller's cifar_teachers.tar, unpacked in the working directory, puts it."""
+    released = {"resnet50_cifar": "ResNet50"}.get(pair[0], pair[0])
+    for method in METHODS:
+        teacher = load_experiment(CONFIGS / "cifar100" / "_".join(pair) / f"{method}.toml").teacher
+        assert teacher.name == pair[0]
+        assert teacher.checkpoint == f"download_ckpts/cifar_teachers/{released}_vanilla/ckpt_epoch_240.pth"
+    teacher_run = load_experiment(CONFIGS / "cifar100" / "teachers" / f"{pair[0]}.toml")
+    assert teacher_run.student.name == pair[0] and teacher_run.teacher is None and teacher_run.train.lr == 0.05
+
+
+@pytest.mark.parametrize("pair", IMAGENET_PAIRS)
+def test_imagenet_recipes(pair):
+    load = lambda m: load_experiment(CONFIGS / "imagenet" / pair / f"{m}.toml")
     assert load("dot").recipe.momentum == deepkd.DOT(delta=0.09)
     assert load("kd").recipe.loss == deepkd.KD(temperature=1.0, w_ce=0.5, w_kd=0.5)
     assert load("kd").train.schedule.milestones == (30, 60, 90)
+    assert load("dkd").recipe.loss.beta == {"resnet34_resnet18": 0.5, "resnet50_mobilenet_v1": 2.0}[pair]
     cosine = load("deepkd").train.schedule
     assert (cosine.warmup, cosine.warmup_factor) == (20, 0.1) and 0.2 * cosine.min_factor == pytest.approx(5e-5)
     assert all(load(m).data.batch_size == 512 and load(m).train.lr == 0.2 for m in METHODS)
+    # the teachers are torchvision's ImageNet weights, named, never a path to download
+    assert all((load(m).teacher.pretrained, load(m).teacher.checkpoint) == ("IMAGENET1K_V1", None) for m in METHODS)
+
+
+def test_mobilenet_v1_has_mdistillers_imagenet_layout():
+    """The ResNet50 -> MobileNetV1 student's keys and shapes are those of mdistiller's MobileNetV1, recorded from the
+    reference definition in tests/data/zoo/mobilenet_v1.json, so its released weights load strictly."""
+    record = json.loads((ZOO / "mobilenet_v1.json").read_text())
+    model = build_model("mobilenet_v1", record["num_classes"])
+    assert [[k, list(v.shape)] for k, v in model.state_dict().items()] == record["state_dict"]
+    assert sum(p.numel() for p in model.parameters()) == record["parameters"]
+    assert MODELS.get("MobileNetV1") is MODELS.get("mobilenet_v1")
+    model.load_state_dict({k: torch.zeros(s) for k, s in record["state_dict"]}, strict=True)
+    assert build_model("mobilenet_v1", 10).eval()(torch.randn(2, 3, 64, 64)).shape == (2, 10)
 
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("pair", CIFAR_PAIRS)
 def test_cifar_configs_agree_with_the_python_presets(pair, method):
     """baselines/configs and baselines.presets describe the same published recipes."""
-    from baselines import presets
-
     config = load_experiment(CONFIGS / "cifar100" / pair / f"{method}.toml")
     expected = presets.cifar100(method, config.teacher.name, config.student.name)
     assert config.recipe.replace(name=None) == expected.replace(name=None)
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_imagenet_configs_agree_with_the_python_presets(method):
-    from baselines import presets
+@pytest.mark.parametrize("pair", IMAGENET_PAIRS)
+def test_imagenet_configs_agree_with_the_python_presets(pair, method):
+    config = load_experiment(CONFIGS / "imagenet" / pair / f"{method}.toml")
+    expected = presets.imagenet(method, config.teacher.name, config.student.name)
+    assert config.recipe.replace(name=None) == expected.replace(name=None)
 
-    config = load_experiment(CONFIGS / "imagenet" / "resnet34_resnet18" / f"{method}.toml")
-    assert config.recipe.replace(name=None) == presets.imagenet(method).replace(name=None)
+
+def test_docs_reproduce_lists_a_command_for_every_published_row():
+    """docs/reproduce.md's commands name shipped configs, and every pair's KD, DKD, DOT and official DeepKD is there."""
+    text = (CONFIGS.parents[1] / "docs" / "reproduce.md").read_text()
+    named = set(re.findall(r"deepkd train baselines/configs/(\S+\.toml)", text))
+    assert named and all((CONFIGS / path).is_file() for path in named)
+    for dataset, pairs in (("cifar100", CIFAR_PAIRS), ("imagenet", IMAGENET_PAIRS)):
+        for pair in pairs:
+            assert {f"{dataset}/{pair}/{m}.toml" for m in ("kd", "dkd", "dot", "deepkd_official")} <= named
