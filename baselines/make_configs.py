@@ -50,6 +50,7 @@ class CifarPair:
     dkd_yaml: str | None  # mdistiller configs/cifar100/dkd/<file>
     dot_yaml: str | None  # mdistiller configs/cifar100/dot/<file>
     deepkd_yaml: str  # DeepKD configs/cifar100/ours/kd/<file>
+    deepkd_dkd_yaml: str  # DeepKD configs/cifar100/ours/dkd/<file> (the DKD-based DeepKD, "DKD+Ours")
 
     @property
     def folder(self) -> str:
@@ -60,21 +61,52 @@ class CifarPair:
         return presets.cifar100_lr(self.student)
 
 
+_R110_R20 = "resnet110_resnet20.yaml"
+_R32X4_R8X4 = "resnet32x4_resnet8x4.yaml"
 CIFAR_PAIRS: tuple[CifarPair, ...] = (
-    CifarPair("resnet56", "resnet20", "res56_res20.yaml", None, "resnet56_resnet20.yaml"),
-    CifarPair("resnet110", "resnet32", "res110_res32.yaml", None, "resnet110_resnet32.yaml"),
-    CifarPair("resnet110", "resnet20", None, None, "resnet110_resnet20.yaml"),
-    CifarPair("resnet32x4", "resnet8x4", "res32x4_res8x4.yaml", "res32x4_res8x4.yaml", "resnet32x4_resnet8x4.yaml"),
-    CifarPair("wrn_40_2", "wrn_16_2", "wrn40_2_wrn_16_2.yaml", None, "wrn_40_2_wrn_16_2.yaml"),
-    CifarPair("wrn_40_2", "wrn_40_1", "wrn40_2_wrn_40_1.yaml", None, "wrn_40_2_wrn_40_1.yaml"),
-    CifarPair("vgg13", "vgg8", "vgg13_vgg8.yaml", "vgg13_vgg8.yaml", "vgg13_vgg8.yaml"),
-    CifarPair("resnet32x4", "shufflenetv1", "res32x4_shuv1.yaml", None, "resnet32x4_ShuffleV1.yaml"),
-    CifarPair("resnet32x4", "shufflenetv2", "res32x4_shuv2.yaml", "res32x4_shuv2.yaml", "resnet32x4_ShuffleV2.yaml"),
-    CifarPair("wrn_40_2", "shufflenetv1", "wrn40_2_shuv1.yaml", None, "wrn_40_2_ShuffleV1.yaml"),
-    CifarPair("vgg13", "mobilenetv2", "vgg13_mv2.yaml", None, "vgg13_MobileNetV2.yaml"),
-    CifarPair("resnet50_cifar", "mobilenetv2", "res50_mv2.yaml", None, "ResNet50_MobileNetV2.yaml"),
+    CifarPair("resnet56", "resnet20", "res56_res20.yaml", None, "resnet56_resnet20.yaml", "resnet56_resnet20.yaml"),
+    CifarPair("resnet110", "resnet32", "res110_res32.yaml", None, "resnet110_resnet32.yaml", "resnet110_resnet32.yaml"),
+    CifarPair("resnet110", "resnet20", None, None, _R110_R20, _R110_R20),
+    CifarPair("resnet32x4", "resnet8x4", "res32x4_res8x4.yaml", "res32x4_res8x4.yaml", _R32X4_R8X4, _R32X4_R8X4),
+    CifarPair(
+        "wrn_40_2", "wrn_16_2", "wrn40_2_wrn_16_2.yaml", None, "wrn_40_2_wrn_16_2.yaml", "wrn_40_2_wrn_16_2.yaml"
+    ),
+    CifarPair(
+        "wrn_40_2", "wrn_40_1", "wrn40_2_wrn_40_1.yaml", None, "wrn_40_2_wrn_40_1.yaml", "wrn_40_2_wrn_40_1.yaml"
+    ),
+    CifarPair("vgg13", "vgg8", "vgg13_vgg8.yaml", "vgg13_vgg8.yaml", "vgg13_vgg8.yaml", "vgg13_vgg8.yaml"),
+    CifarPair(
+        "resnet32x4",
+        "shufflenetv1",
+        "res32x4_shuv1.yaml",
+        None,
+        "resnet32x4_ShuffleV1.yaml",
+        "resnet32x4_ShuffleV1.yaml",
+    ),
+    CifarPair(
+        "resnet32x4",
+        "shufflenetv2",
+        "res32x4_shuv2.yaml",
+        "res32x4_shuv2.yaml",
+        "resnet32x4_ShuffleV2.yaml",
+        "resnet32x4_ShuffleV2.yaml",
+    ),
+    CifarPair(
+        "wrn_40_2", "shufflenetv1", "wrn40_2_shuv1.yaml", None, "wrn_40_2_ShuffleV1.yaml", "wrn_40_2_ShuffleV1.yaml"
+    ),
+    CifarPair("vgg13", "mobilenetv2", "vgg13_mv2.yaml", None, "vgg13_MobileNetV2.yaml", "vgg13_MobileNetV2.yaml"),
+    # the DKD-based file spells it "MobileNetv2", the KD-based one "MobileNetV2"
+    CifarPair(
+        "resnet50_cifar",
+        "mobilenetv2",
+        "res50_mv2.yaml",
+        None,
+        "ResNet50_MobileNetV2.yaml",
+        "ResNet50_MobileNetv2.yaml",
+    ),
 )
 assert tuple((p.teacher, p.student) for p in CIFAR_PAIRS) == presets.CIFAR100_PAIRS
+assert set(presets.CIFAR100_DEEPKD_DKD) == set(presets.CIFAR100_PAIRS)
 
 # mdistiller's names for the teachers whose name in deepkd differs
 MDISTILLER_NAMES = {"resnet50_cifar": "ResNet50"}
@@ -106,6 +138,8 @@ IMAGENET_PAIRS: tuple[ImagenetPair, ...] = (
     ImagenetPair("resnet50", "mobilenet_v1", "ResNet50 -> MobileNetV1", "r50_mv1", "76.13", "resnet50-19c8e357.pth"),
 )
 assert tuple((p.teacher, p.student) for p in IMAGENET_PAIRS) == presets.IMAGENET_PAIRS
+# the DKD-based DeepKD's ImageNet solver is IMAGENET_COSINE's (lr 0.2, 100 epochs)
+assert all((s.lr, s.epochs) == (0.2, 100) for s in presets.IMAGENET_DEEPKD_DKD.values())
 
 # Fields written out even at their default values: the published hyperparameters of each strategy.
 EXPLICIT: dict[str, tuple[str, ...]] = {
@@ -122,13 +156,23 @@ COMMENTS = {
 }
 
 CIFAR_TRAIN = """\
-[train]  # mdistiller CIFAR-100 solver: SGD, batch 64, 240 epochs, lr {lr}, x0.1 at 150/180/210, wd 5e-4
-epochs = 240
+[train]  # {who} CIFAR-100 solver: SGD, batch 64, {epochs} epochs, lr {lr}, x0.1 at {at}, wd 5e-4
+epochs = {epochs}
 lr = {lr}
 momentum = 0.9
 weight_decay = 5e-4
-schedule = {{ name = "step", milestones = [150, 180, 210], gamma = 0.1 }}
+schedule = {{ name = "step", milestones = {milestones}, gamma = 0.1 }}
 """
+
+
+def cifar_train(
+    lr: float, epochs: int = 240, milestones: Sequence[int] = (150, 180, 210), who: str = "mdistiller"
+) -> str:
+    """The ``[train]`` section of a CIFAR-100 config."""
+    at = "/".join(str(m) for m in milestones)
+    return CIFAR_TRAIN.format(who=who, epochs=epochs, lr=lr, at=at, milestones=_literal(tuple(milestones)))
+
+
 CIFAR_DATA = """\
 [data]  # RandomCrop(32, 4) + HorizontalFlip, mean (0.5071, 0.4867, 0.4408), std (0.2675, 0.2565, 0.2761)
 name = "cifar100"
@@ -247,6 +291,20 @@ def _deepkd_source(pair: CifarPair, recipe: deepkd.Recipe) -> str:
     )
 
 
+def _signed(x: float) -> str:
+    return f"{x:+g}" if x else "0"
+
+
+def _deepkd_dkd_source(path: str, s: presets.DeepKDOnDKD, sets: str, defaults: str) -> str:
+    """The source sentence of a DKD-based DeepKD config: what ``path`` sets, and what it leaves at ``defaults``."""
+    return (
+        f"Source: {DEEPKD_CODE} {path} (DISTILLER DKD, TRAINER deepkd, DEEPKD.DKD True; DELTA_TOG {_signed(s.tog)}, "
+        f"DELTA_TCG {_signed(s.tcg)}, DELTA_NCG {_signed(s.ncg)}; {sets}; {defaults}). Its DEEPKD trainer is the "
+        "update deepkd_official.toml reproduces: it takes the same three losses (task, TCKD, NCKD) from the DKD "
+        "distiller as from the KD one."
+    )
+
+
 def _cifar_teacher_note(teacher: str) -> str:
     return (
         f"Teacher: {MDISTILLER_NAMES.get(teacher, teacher)} of mdistiller's released CIFAR-100 teachers "
@@ -310,6 +368,25 @@ def _cifar_paragraphs(pair: CifarPair, method: str, recipe: deepkd.Recipe) -> li
             f"mask; {lr}.",
             _deepkd_source(pair, recipe),
         ]
+    if method == "deepkd_dkd_official":
+        s = presets.CIFAR100_DEEPKD_DKD[(pair.teacher, pair.student)]
+        solver = f"lr {s.lr:g}" if s.epochs == 240 else f"lr {s.lr:g}, {s.epochs} epochs"
+        return [
+            f"{title}, DeepKD on the DKD base (the paper's DKD+Ours) as its official code runs it, for reproducing "
+            f"the published numbers: the DKD loss split as DKD splits it (CE 1, alpha {s.alpha:g} * warm * TCKD, "
+            f"beta {s.beta:g} * warm * NCKD, T {s.temperature:g}, {s.warmup} warm-up epochs), the official update "
+            "of deepkd_official.toml (the task buffer on the TCKD coefficient, weight decay on the TCKD gradient "
+            f"after the task and NCKD updates) and no mask; {solver}.",
+            _deepkd_dkd_source(
+                f"configs/cifar100/ours/dkd/{pair.deepkd_dkd_yaml}",
+                s,
+                f"{f'BETA {s.beta:g}' if s.beta != 8.0 else 'BETA not set'}, LR {s.lr:g}, EPOCHS {s.epochs}, "
+                f"LR_DECAY_STAGES {'/'.join(str(m) for m in s.milestones)}",
+                "CE_WEIGHT 1, ALPHA 1, T 4, WARMUP 20"
+                + ("" if s.beta != 8.0 else ", BETA 8")
+                + " and DEEPKD.TOPK 0 (no mask) are the defaults of its mdistiller/engine/cfg.py",
+            ),
+        ]
     raise ValueError(method)
 
 
@@ -318,9 +395,14 @@ def _cifar_file(pair: CifarPair, method: str) -> tuple[str, str]:
     recipe = presets.cifar100(method, pair.teacher, pair.student)
     header = _header([*_cifar_paragraphs(pair, method, recipe), _cifar_teacher_note(pair.teacher)], path)
     teacher = f'[teacher]\nname = "{pair.teacher}"\ncheckpoint = "{teacher_checkpoint(pair.teacher)}"\n'
+    if method == "deepkd_dkd_official":
+        s = presets.CIFAR100_DEEPKD_DKD[(pair.teacher, pair.student)]
+        train = cifar_train(s.lr, s.epochs, s.milestones, who="DeepKD ours/dkd")
+    else:
+        train = cifar_train(pair.lr)
     sections = [
         _recipe(recipe),
-        CIFAR_TRAIN.format(lr=pair.lr),
+        train,
         CIFAR_DATA,
         f'[student]\nname = "{pair.student}"\n',
         teacher,
@@ -339,7 +421,7 @@ def _cifar_teacher_file(teacher: str) -> tuple[str, str]:
         f"student.pt then replaces it: teacher.checkpoint=runs/cifar100/teachers/{teacher}/student.pt.",
     ]
     recipe = presets.cifar100("ce").replace(name="teacher")
-    sections = [_recipe(recipe), CIFAR_TRAIN.format(lr=0.05), CIFAR_DATA, f'[student]\nname = "{teacher}"\n']
+    sections = [_recipe(recipe), cifar_train(0.05), CIFAR_DATA, f'[student]\nname = "{teacher}"\n']
     return path, _file(_header(paragraphs, path), f"runs/cifar100/teachers/{teacher}", sections)
 
 
@@ -401,6 +483,23 @@ def _imagenet_paragraphs(pair: ImagenetPair, method: str, recipe: deepkd.Recipe)
             "mask.",
             deepkd_source,
         ]
+    if method == "deepkd_dkd_official":
+        s = presets.IMAGENET_DEEPKD_DKD[(pair.teacher, pair.student)]
+        return [
+            f"{title}, DeepKD on the DKD base (the paper's DKD+Ours) as its official code runs it, for reproducing "
+            f"the published numbers: the DKD loss split as DKD splits it (CE 1, alpha {s.alpha:g} * warm * TCKD, "
+            f"beta {s.beta:g} * warm * NCKD, T {s.temperature:g}, {s.warmup} warm-up epoch; beta is DeepKD's "
+            f"{s.beta:g}, not the {beta:g} of dkd.toml), the official update of deepkd_official.toml and no mask, "
+            "with DeepKD's cosine schedule.",
+            _deepkd_dkd_source(
+                f"configs/imagenet/{pair.mdistiller_dir}/deepkd_dkd.yaml",
+                s,
+                f"CE_WEIGHT 1, ALPHA {s.alpha:g}, BETA {s.beta:g}, T {s.temperature:g}, WARMUP {s.warmup}; "
+                f"LR {s.lr:g}, EPOCHS {s.epochs}, LR_COS",
+                "DEEPKD.TOPK 0 (no mask) and the LR_COS solver's WARMUP_EPOCHS 20, WARMUP_FACTOR 0.1, MIN_LR 5e-5 are "
+                "the defaults of its mdistiller/engine/cfg.py",
+            ),
+        ]
     raise ValueError(method)
 
 
@@ -426,14 +525,19 @@ def _imagenet_file(pair: ImagenetPair, method: str) -> tuple[str, str]:
 # ----------------------------------------------------------------------------------------------------------- all
 
 DISTILL_METHODS = ("kd", "dkd", "dot", "deepkd", "deepkd_paper", "deepkd_official")
+#: the DKD-based DeepKD of the official code: every CIFAR-100 pair, and the ImageNet pairs of
+#: ``presets.IMAGENET_DEEPKD_DKD`` (DeepKD publishes none for ResNet50 -> MobileNetV1)
+DKD_BASED = "deepkd_dkd_official"
 
 
 def render_all() -> dict[str, str]:
     """Every generated config: its path relative to ``baselines/configs`` -> its text."""
-    files = dict(_cifar_file(pair, m) for pair in CIFAR_PAIRS for m in DISTILL_METHODS)
+    files = dict(_cifar_file(pair, m) for pair in CIFAR_PAIRS for m in (*DISTILL_METHODS, DKD_BASED))
     teachers = dict.fromkeys(pair.teacher for pair in CIFAR_PAIRS)
     files.update(_cifar_teacher_file(t) for t in teachers)
     files.update(_imagenet_file(pair, m) for pair in IMAGENET_PAIRS for m in DISTILL_METHODS)
+    dkd_based = [pair for pair in IMAGENET_PAIRS if (pair.teacher, pair.student) in presets.IMAGENET_DEEPKD_DKD]
+    files.update(_imagenet_file(pair, DKD_BASED) for pair in dkd_based)
     return files
 
 

@@ -10,12 +10,13 @@ Sources:
   ResNet50 → MobileNetV1).
 - DOT: Zhao et al., "DOT: A Distillation-Oriented Trainer", ICCV 2023 (KD base, Δ = 0.075 CIFAR, 0.09 ImageNet).
 - DeepKD: Huang et al., "DeepKD: A Deeply Decoupled and Denoised Knowledge Distillation Trainer",
-  arXiv 2505.15133, and its official code (github.com/haiduo/DeepKD, commit afb5964): per-pair momentum deltas.
+  arXiv 2505.15133, and its official code (github.com/haiduo/DeepKD, commit afb5964): per-pair momentum deltas, on
+  the KD base (configs/cifar100/ours/kd) and on the DKD base (configs/cifar100/ours/dkd, "DKD+Ours").
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import deepkd
 
@@ -25,17 +26,28 @@ __all__ = [
     "CIFAR100_DOT_DELTA",
     "CIFAR100_PAIRS",
     "DKD_BETA",
+    "IMAGENET_DEEPKD_DKD",
     "IMAGENET_DKD_BETA",
     "IMAGENET_PAIRS",
     "LOW_LR_STUDENTS",
     "METHODS",
+    "DeepKDOnDKD",
     "cifar100",
     "cifar100_lr",
     "imagenet",
 ]
 
-Method = Literal["ce", "kd", "dkd", "dot", "deepkd", "deepkd_paper", "deepkd_official"]
-METHODS: tuple[str, ...] = ("ce", "kd", "dkd", "dot", "deepkd", "deepkd_paper", "deepkd_official")
+Method = Literal["ce", "kd", "dkd", "dot", "deepkd", "deepkd_paper", "deepkd_official", "deepkd_dkd_official"]
+METHODS: tuple[str, ...] = (
+    "ce",
+    "kd",
+    "dkd",
+    "dot",
+    "deepkd",
+    "deepkd_paper",
+    "deepkd_official",
+    "deepkd_dkd_official",
+)
 
 # The CIFAR-100 (teacher, student) pairs of the DKD, DOT and DeepKD papers, in the order of their tables (DKD's
 # same-architecture pairs, DeepKD's extra resnet110 -> resnet20, then the cross-architecture pairs). ``resnet50_cifar``
@@ -90,13 +102,64 @@ DKD_BETA: dict[tuple[str, str], float] = {
     ("vgg13", "mobilenetv2"): 6.0,
 }
 
-# DeepKD on the DKD base, CIFAR-100: (teacher, student) -> (β, δ_TCG, δ_NCG).
-CIFAR100_DEEPKD_DKD: dict[tuple[str, str], tuple[float, float, float]] = {
-    ("resnet32x4", "resnet8x4"): (8.0, -0.075, 0.05),
-    ("resnet56", "resnet20"): (0.5, -0.075, 0.075),
-    ("vgg13", "vgg8"): (6.0, -0.075, 0.025),
-    ("wrn_40_2", "wrn_40_1"): (4.0, -0.1, 0.05),
+
+class DeepKDOnDKD(NamedTuple):
+    """One official DeepKD-on-DKD ("DKD+Ours") config: the DKD loss's α, β, T and warm-up (epochs), the fixed
+    momentum deltas (δ_TOG, δ_TCG, δ_NCG, added to the base momentum 0.9) and the solver's lr, epochs and step-decay
+    milestones (x0.1 at each)."""
+
+    alpha: float
+    beta: float
+    tcg: float
+    ncg: float
+    lr: float
+    epochs: int = 240
+    milestones: tuple[int, ...] = (150, 180, 210)
+    temperature: float = 4.0
+    warmup: int = 20
+    tog: float = 0.075
+
+
+# DeepKD on the DKD base, CIFAR-100, as the official code runs it (DeepKD afb5964 configs/cifar100/ours/dkd/<file>:
+# DISTILLER.TYPE "DKD", SOLVER.TRAINER "deepkd", SOLVER.DEEPKD.DKD True, DELTA_TOG 0.075 in every file). The files set
+# LR, EPOCHS, LR_DECAY_STAGES and the deltas; BETA where noted, else mdistiller/engine/cfg.py's CFG.DKD.BETA 8; none
+# sets DKD.ALPHA, T, WARMUP or CE_WEIGHT (cfg.py: 1, 4, 20, 1) or SOLVER.DEEPKD.TOPK (0: no mask); all use batch 64,
+# weight decay 5e-4, momentum 0.9. Per pair, (teacher, student) -> (α, β, δ_TCG, δ_NCG, lr[, epochs, milestones]),
+# with the file it is read from:
+CIFAR100_DEEPKD_DKD: dict[tuple[str, str], DeepKDOnDKD] = {
+    ("resnet56", "resnet20"): DeepKDOnDKD(1.0, 0.5, -0.075, 0.075, 0.05),  # resnet56_resnet20.yaml, BETA 0.5
+    ("resnet110", "resnet32"): DeepKDOnDKD(1.0, 3.0, -0.075, 0.0, 0.05),  # resnet110_resnet32.yaml, BETA 3
+    ("resnet110", "resnet20"): DeepKDOnDKD(1.0, 2.0, -0.1, 0.05, 0.05),  # resnet110_resnet20.yaml, BETA 2
+    ("resnet32x4", "resnet8x4"): DeepKDOnDKD(1.0, 8.0, -0.075, 0.05, 0.05),  # resnet32x4_resnet8x4.yaml
+    # wrn_40_2_wrn_16_2.yaml: lr 0.04, 480 epochs, x0.1 at 180/300/420 (twice the other pairs' run)
+    ("wrn_40_2", "wrn_16_2"): DeepKDOnDKD(1.0, 8.0, -0.1, 0.05, 0.04, 480, (180, 300, 420)),
+    ("wrn_40_2", "wrn_40_1"): DeepKDOnDKD(1.0, 4.0, -0.1, 0.05, 0.05),  # wrn_40_2_wrn_40_1.yaml, BETA 4
+    ("vgg13", "vgg8"): DeepKDOnDKD(1.0, 6.0, -0.075, 0.025, 0.05),  # vgg13_vgg8.yaml, BETA 6
+    ("resnet32x4", "shufflenetv1"): DeepKDOnDKD(1.0, 8.0, -0.075, 0.085, 0.01),  # resnet32x4_ShuffleV1.yaml
+    ("resnet32x4", "shufflenetv2"): DeepKDOnDKD(1.0, 8.0, -0.075, 0.075, 0.01),  # resnet32x4_ShuffleV2.yaml
+    ("wrn_40_2", "shufflenetv1"): DeepKDOnDKD(1.0, 8.0, -0.075, 0.085, 0.01),  # wrn_40_2_ShuffleV1.yaml
+    ("vgg13", "mobilenetv2"): DeepKDOnDKD(1.0, 1.0, -0.075, 0.08, 0.01),  # vgg13_MobileNetV2.yaml, BETA 1
+    ("resnet50_cifar", "mobilenetv2"): DeepKDOnDKD(1.0, 2.0, -0.1, 0.025, 0.01),  # ResNet50_MobileNetv2.yaml, BETA 2
 }
+
+# DeepKD on the DKD base, ImageNet (DeepKD afb5964 configs/imagenet/r34_r18/deepkd_dkd.yaml: DKD CE_WEIGHT 1, ALPHA 1,
+# BETA 1, T 1, WARMUP 1; DELTA_TOG 0.075, DELTA_TCG -0.075, DELTA_NCG 0.05; batch 512, 100 epochs, lr 0.2, LR_COS).
+# Its r50_mv2/deepkd_dkd.yaml (BETA 2, DELTA_NCG 0.075) distils a MobileNetV2, not the MobileNetV1 of the
+# ResNet50 pair deepkd ships, so that pair has no DKD-based DeepKD preset.
+IMAGENET_DEEPKD_DKD: dict[tuple[str, str], DeepKDOnDKD] = {
+    ("resnet34", "resnet18"): DeepKDOnDKD(1.0, 1.0, -0.075, 0.05, 0.2, 100, (30, 60, 90), temperature=1.0, warmup=1),
+}
+
+
+def _deepkd_on_dkd(settings: DeepKDOnDKD) -> deepkd.Recipe:
+    s = settings
+    return deepkd.compose(
+        loss=deepkd.DKD(alpha=s.alpha, beta=s.beta, temperature=s.temperature, warmup=s.warmup, w_ce=1.0),
+        momentum=deepkd.FixedOffsets(tog=s.tog, tcg=s.tcg, ncg=s.ncg, reference_quirks=True),
+        mask="none",
+        name="deepkd_dkd_official",
+    )
+
 
 # The DOT momentum offset Δ on CIFAR-100: mdistiller's three DOT configs (res32x4_res8x4, vgg13_vgg8, res32x4_shuv2)
 # all use 0.075, its default; the other pairs have no published DOT config and use that default.
@@ -129,6 +192,11 @@ def cifar100(method: str, teacher: str = "resnet32x4", student: str = "resnet8x4
       (12 % where KD reached 33 %), so the preset uses the mask's bucket form, with which it trains.
     - ``deepkd_official``: the official code's behaviour, for reproducing the published numbers: its NCKD split
       (distillation weight 1), its weight-decay placement and update order, no mask.
+    - ``deepkd_dkd_official``: the official code on the DKD base (the paper's "DKD+Ours" rows): DKD's loss split as
+      DKD splits it (CE 1, α·warm·TCKD, β·warm·NCKD), the official update as in ``deepkd_official``, no mask, with the
+      pair's official α, β and deltas (:data:`CIFAR100_DEEPKD_DKD`, which also holds the pair's lr and schedule: its
+      wrn_40_2 -> wrn_16_2 run is lr 0.04 over 480 epochs). The official trainer is the same for both bases: only the
+      three losses it is given differ.
     """
     pair = (teacher, student)
     kd = deepkd.KD(temperature=4.0, w_ce=0.1, w_kd=0.9)
@@ -143,6 +211,10 @@ def cifar100(method: str, teacher: str = "resnet32x4", student: str = "resnet8x4
         return deepkd.compose(loss=kd, momentum=deepkd.DOT(delta=CIFAR100_DOT_DELTA), mask="none", name="dot")
     if method == "deepkd":
         return deepkd.compose(loss=dkd, momentum="gsnr", mask="dynamic", name="deepkd")
+    if method == "deepkd_dkd_official":
+        if pair not in CIFAR100_DEEPKD_DKD:
+            raise ValueError(f"DeepKD publishes no DKD-based config for {teacher} -> {student}")
+        return _deepkd_on_dkd(CIFAR100_DEEPKD_DKD[pair])
     tcg, ncg, w_ce = CIFAR100_DEEPKD_KD.get(pair, (-0.075, 0.075, 0.1))
     w_kd = 0.9 if w_ce == 0.1 else round(1.0 - w_ce, 6)
     deep_kd = deepkd.KD(temperature=4.0, w_ce=w_ce, w_kd=w_kd)
@@ -164,7 +236,9 @@ def imagenet(method: str, teacher: str = "resnet34", student: str = "resnet18") 
     """The ImageNet recipe of ``method`` for a pair of :data:`IMAGENET_PAIRS` (KD: T = 1, 0.5 / 0.5; DKD: the pair's
     β, T 1, warm-up 1; DOT Δ = 0.09; DeepKD Δ = 0.09 and the ImageNet mask thresholds (0.40, 0.70)); the DeepKD
     presets as in :func:`cifar100`. The fixed DeepKD deltas are the official ResNet34 → ResNet18 ones for both pairs
-    (DeepKD publishes no ResNet50 → MobileNetV1 config; its ResNet50 → MobileNetV2 config uses the same deltas)."""
+    (DeepKD publishes no ResNet50 → MobileNetV1 config; its ResNet50 → MobileNetV2 config uses the same deltas).
+    ``deepkd_dkd_official`` exists for ResNet34 → ResNet18 only (:data:`IMAGENET_DEEPKD_DKD`: its β is 1, not the DKD
+    baseline's 0.5); for ResNet50 → MobileNetV1 it raises ``ValueError``."""
     if (teacher, student) not in IMAGENET_DKD_BETA:
         pairs = ", ".join(f"{t} -> {s}" for t, s in IMAGENET_PAIRS)
         raise ValueError(f"no ImageNet recipe for {teacher} -> {student}; known pairs: {pairs}")
@@ -191,5 +265,12 @@ def imagenet(method: str, teacher: str = "resnet34", student: str = "resnet18") 
             mask="none",
             name="deepkd_official",
         )
-    known = ("kd", "dkd", "dot", "deepkd", "deepkd_paper", "deepkd_official")
+    if method == "deepkd_dkd_official":
+        if (teacher, student) not in IMAGENET_DEEPKD_DKD:
+            raise ValueError(
+                f"DeepKD publishes no DKD-based config for ImageNet {teacher} -> {student} (its ResNet50 config, "
+                "r50_mv2/deepkd_dkd.yaml, distils a MobileNetV2)"
+            )
+        return _deepkd_on_dkd(IMAGENET_DEEPKD_DKD[(teacher, student)])
+    known = ("kd", "dkd", "dot", "deepkd", "deepkd_paper", "deepkd_official", "deepkd_dkd_official")
     raise ValueError(f"unknown ImageNet method {method!r}; known: {', '.join(known)}")
