@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
 from typing import NamedTuple
 
 import pytest
@@ -61,15 +60,6 @@ TORCHVISION_1000 = {
 }
 
 SMALL_CONV = ("small_cnn", "small_resnet", "tiny_cnn")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """These models are tiny: one intra-op thread is as fast, and far faster when other jobs share the CPUs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 REQUIRED = (

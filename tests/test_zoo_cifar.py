@@ -9,10 +9,7 @@ definitions, which must still load through :mod:`deepkd.models.legacy`.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -21,6 +18,8 @@ from torch import Tensor, nn
 from deepkd.models import MODELS as MODEL_REGISTRY
 from deepkd.models import build_model, count_parameters
 from deepkd.models.legacy import LEGACY_KEYS, upgrade_state_dict
+
+from .zoo import filled_state_dict, layout, record, reference_input
 
 DATA = Path(__file__).parent / "data" / "zoo"
 # the models whose names changed since deepkd 0.1: their old layouts are recorded in data/zoo/legacy/
@@ -39,51 +38,8 @@ MODELS = (*LEGACY, "wrn_16_1", "vgg16", "vgg19", "resnet18_cifar", "resnet34_cif
 ALIASES = {"ResNet18": "resnet18_cifar", "ResNet34": "resnet34_cifar", "ResNet50": "resnet50_cifar"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _load(path: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(path.read_text())
-    return data
-
-
 def _layout(sd: dict[str, Tensor]) -> list[tuple[str, tuple[int, ...]]]:
     return [(k, tuple(v.shape)) for k, v in sd.items()]
-
-
-def _recorded_layout(data: dict[str, Any]) -> list[tuple[str, tuple[int, ...]]]:
-    return [(k, tuple(shape)) for k, shape in data["state_dict"]]
-
-
-def filled_state_dict(layout: list[tuple[str, tuple[int, ...]]], seed: int = 0) -> dict[str, Tensor]:
-    """Deterministic, well-scaled weights for the keys and shapes ``layout`` (the reference's logits in the data
-    files were computed with the same filling): fan-in scaled normals for conv / linear weights, scales in
-    [0.25, 0.75) for the BN weights, small shifts for biases and running means, variances in [0.5, 1.5)."""
-    g = torch.Generator().manual_seed(seed)
-    out: dict[str, Tensor] = {}
-    for key, shape in layout:
-        if key.endswith("num_batches_tracked"):
-            out[key] = torch.tensor(1, dtype=torch.long)
-        elif len(shape) > 1:
-            fan_in = int(torch.Size(shape[1:]).numel())
-            out[key] = torch.randn(shape, generator=g) / fan_in**0.5
-        elif key.endswith("running_var"):
-            out[key] = torch.rand(shape, generator=g) + 0.5
-        elif key.endswith("weight"):
-            out[key] = torch.rand(shape, generator=g) * 0.5 + 0.25
-        else:
-            out[key] = torch.randn(shape, generator=g) * 0.1
-    return out
-
-
-def reference_input() -> Tensor:
-    """The input the recorded reference logits were computed on."""
-    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
 
 def test_the_data_covers_the_families() -> None:
@@ -96,14 +52,14 @@ def test_the_data_covers_the_families() -> None:
 
 @pytest.mark.parametrize("name", MODELS)
 def test_layout_count_and_logits_match_the_reference(name: str) -> None:
-    data = _load(DATA / f"{name}.json")
+    data = record(DATA / f"{name}.json")
     assert data["model"] == name and data["num_classes"] == 100
     model = build_model(name, num_classes=100)
     # the same keys, in the same order, with the same shapes (buffers included)
-    assert _layout(model.state_dict()) == _recorded_layout(data)
+    assert _layout(model.state_dict()) == layout(data)
     assert count_parameters(model) == data["parameters"]
 
-    sd = filled_state_dict(_recorded_layout(data))
+    sd = filled_state_dict(layout(data))
     model.load_state_dict(sd, strict=True)
     for key, value in model.state_dict().items():
         assert torch.equal(value, sd[key]), key
@@ -131,9 +87,9 @@ def test_torchvision_resnets_keep_their_names() -> None:
 
 @pytest.mark.parametrize("name", LEGACY)
 def test_deepkd_0_1_weights_upgrade_and_load_strictly(name: str) -> None:
-    old = _load(DATA / "legacy" / f"{name}.json")
+    old = record(DATA / "legacy" / f"{name}.json")
     assert old["model"] == name
-    old_sd = filled_state_dict(_recorded_layout(old), seed=2)
+    old_sd = filled_state_dict(layout(old), seed=2)
     model = build_model(name, num_classes=100)
     assert set(old_sd) != set(model.state_dict())  # the names did change
 

@@ -8,10 +8,6 @@ keys and shapes of deepkd's earlier definitions. Both were generated from those 
 
 from __future__ import annotations
 
-import json
-import math
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +17,7 @@ from torch import Tensor, nn
 from deepkd.models import ClassifierNet, build_model, count_parameters
 from deepkd.models.legacy import LEGACY_KEYS, upgrade_state_dict
 
-ZOO = Path(__file__).parent / "data" / "zoo"
+from .zoo import ZOO, filled_state_dict, layout, record, reference_input
 
 # deepkd name -> the recorded file (named after mdistiller's builder)
 RECORDS = {
@@ -37,67 +33,24 @@ RECORDS = {
 LEGACY_OPTIONS: dict[str, dict[str, Any]] = {"shufflenetv2": {"stem_kernel": 3}, "ShuffleV2": {"stem_kernel": 3}}
 
 
-@cache
-def _record(path: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(path.read_text())
-    return data
-
-
-def _layout(record: dict[str, Any]) -> list[tuple[str, tuple[int, ...]]]:
-    return [(key, tuple(shape)) for key, shape in record["state_dict"]]
-
-
-def filled_state_dict(layout: list[tuple[str, tuple[int, ...]]], seed: int = 0) -> dict[str, Tensor]:
-    """Deterministic weights in the layout ``layout``, as a trained checkpoint would hold (the recorded reference
-    logits were computed after loading this filling with ``seed=0``): fan-in scaled normal conv / linear weights,
-    BN scales in [0.25, 0.75), small biases and running means, running variances in [0.5, 1.5)."""
-    gen = torch.Generator().manual_seed(seed)
-    out: dict[str, Tensor] = {}
-    for key, shape in layout:
-        if key.endswith("num_batches_tracked"):
-            out[key] = torch.tensor(240, dtype=torch.long)
-        elif len(shape) > 1:
-            out[key] = torch.randn(shape, generator=gen) / math.prod(shape[1:]) ** 0.5
-        elif key.endswith("running_var"):
-            out[key] = torch.rand(shape, generator=gen) + 0.5
-        elif key.endswith("weight"):
-            out[key] = torch.rand(shape, generator=gen) * 0.5 + 0.25
-        else:
-            out[key] = torch.randn(shape, generator=gen) * 0.1
-    return out
-
-
-def reference_input() -> Tensor:
-    """The input the recorded reference logits were computed on."""
-    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-
-
 def _build(name: str, **kwargs: Any) -> nn.Module:
     torch.manual_seed(0)
     return build_model(name, num_classes=100, **kwargs)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("name", sorted(RECORDS))
 def test_layout_and_parameter_count_match_mdistiller(name: str) -> None:
-    record = _record(ZOO / f"{RECORDS[name]}.json")
+    data = record(ZOO / f"{RECORDS[name]}.json")
     model = _build(name)
-    assert [(k, tuple(v.shape)) for k, v in model.state_dict().items()] == _layout(record)
-    assert count_parameters(model) == record["parameters"]
+    assert [(k, tuple(v.shape)) for k, v in model.state_dict().items()] == layout(data)
+    assert count_parameters(model) == data["parameters"]
     assert isinstance(model, ClassifierNet) and model.num_classes == 100
 
 
 @pytest.mark.parametrize("name", ["mobile_half", "ShuffleV1", "ShuffleV2"])
 def test_a_checkpoint_in_the_reference_layout_loads_strictly_and_gives_its_logits(name: str) -> None:
-    record = _record(ZOO / f"{name}.json")
-    state = filled_state_dict(_layout(record))
+    data = record(ZOO / f"{name}.json")
+    state = filled_state_dict(layout(data))
     model = _build(name)
     model.load_state_dict(state, strict=True)  # as from mdistiller's ckpt_epoch_240.pth["model"]
     for key, value in model.state_dict().items():
@@ -106,7 +59,7 @@ def test_a_checkpoint_in_the_reference_layout_loads_strictly_and_gives_its_logit
     model.eval()
     with torch.no_grad():
         logits = model(reference_input())
-    expected = torch.tensor(record["logits"])
+    expected = torch.tensor(data["logits"])
     assert expected.shape == (2, 100) and expected.abs().max() > 0.1  # the filling keeps the logits informative
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
 
@@ -140,7 +93,7 @@ def test_the_last_layer_keeps_mdistillers_name() -> None:
 
 @pytest.mark.parametrize("name", sorted(RECORDS))
 def test_deepkds_earlier_weights_upgrade_and_load_strictly(name: str) -> None:
-    old = filled_state_dict(_layout(_record(ZOO / "legacy" / f"{RECORDS[name]}.json")), seed=1)
+    old = filled_state_dict(layout(record(ZOO / "legacy" / f"{RECORDS[name]}.json")), seed=1)
     model = _build(name, **LEGACY_OPTIONS.get(name, {}))
     assert name in LEGACY_KEYS
     upgraded = upgrade_state_dict(name, old, model)
@@ -183,12 +136,12 @@ def test_legacy_key_examples(name: str, old: str, new: str) -> None:
 def test_earlier_shufflenetv2_weights_need_the_3x3_stem() -> None:
     # deepkd's earlier ShuffleNet V2 stem was a 3x3 conv; mdistiller's (the default now) is 1x1: a different
     # function, so those weights load only into the model built with stem_kernel=3.
-    old = filled_state_dict(_layout(_record(ZOO / "legacy" / "ShuffleV2.json")))
+    old = filled_state_dict(layout(record(ZOO / "legacy" / "ShuffleV2.json")))
     model = _build("shufflenetv2")
     with pytest.raises(RuntimeError, match=r"size mismatch for conv1\.weight"):
         model.load_state_dict(upgrade_state_dict("shufflenetv2", old, model), strict=True)
     legacy = _build("shufflenetv2", stem_kernel=3)
-    assert count_parameters(legacy) == _record(ZOO / "legacy" / "ShuffleV2.json")["parameters"]
+    assert count_parameters(legacy) == record(ZOO / "legacy" / "ShuffleV2.json")["parameters"]
 
 
 @pytest.mark.parametrize("name", ["mobile_half", "ShuffleV1", "ShuffleV2"])
