@@ -27,8 +27,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from deepkd.utils import is_main_process
-
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -122,15 +120,18 @@ class LambdaCallback(Callback):
 
 
 class Checkpointer(Callback):
-    """Writes each epoch's checkpoints to ``run_dir`` (:meth:`~deepkd.checkpoint.RunDir.save`), on the main process.
+    """Writes each epoch's checkpoints to ``run_dir`` (:meth:`~deepkd.checkpoint.RunDir.save`).
 
     The trainer runs it after every other callback. ``best.pt`` is written when this epoch holds the history's best
-    test top-1 (strictly better than every earlier epoch; never without an evaluation).
+    test top-1 (strictly better than every earlier epoch; never without an evaluation). Every rank of a distributed
+    run builds the state (``trainer.state_dict()`` may take a collective: the optimizer averages its buffers over
+    ranks), and the main process writes it. A callback of your own that calls ``trainer.state_dict()`` must do so on
+    every rank too.
     """
 
     def __init__(self, run_dir: RunDir) -> None:
         self.run_dir = run_dir
 
     def on_epoch_end(self, trainer: TrainerView, metrics: dict[str, Any]) -> None:
-        if is_main_process():
-            self.run_dir.save(trainer.state_dict(), best=trainer.history.best_epoch == trainer.epoch)
+        state = trainer.state_dict()  # on every rank
+        self.run_dir.save(state, best=trainer.history.best_epoch == trainer.epoch)  # writes on the main process

@@ -4,7 +4,8 @@ A run directory holds, rewritten after every epoch:
 
 - ``latest.pt``: everything needed to continue the run bit for bit (student, optimizer with its strategy state,
   scheduler, random-number-generator states, epoch, global step, best metric, history, the resolved config as
-  plain data, and the library version);
+  plain data, and the library version); also written inside an epoch by ``train.checkpoint_every_steps`` and on a
+  stop signal (:mod:`deepkd.preemption`), with ``batches_done`` and the epoch's partial metric sums;
 - ``best.pt``: the same, from the epoch with the best test top-1 so far;
 - ``student.pt``: the latest student's plain ``state_dict`` (``model.load_state_dict(torch.load(path))``).
 
@@ -280,14 +281,16 @@ def check_recipe(saved: object, mine: Mapping[str, Any], what: str) -> None:
 
 def check_resumable(state: Mapping[str, Any], student: nn.Module, steps_per_epoch: int) -> tuple[int, int]:
     """``(epoch, global_step)`` of a training checkpoint, once checked to fit ``student`` (:func:`check_state_dict`)
-    and a train_loader of ``steps_per_epoch`` batches (the schedule and data order count steps).
+    and a train_loader of ``steps_per_epoch`` batches (the schedule and data order count steps). ``epoch`` counts
+    completed epochs; a mid-epoch checkpoint adds ``batches_done`` steps of the next one to ``global_step``.
 
     Raises:
         CheckpointError: the student's keys or shapes differ, or the step count does not match the epochs.
     """
     check_state_dict(student, state["student"])
     epoch, step = int(state["epoch"]), int(state["global_step"])
-    if step != epoch * steps_per_epoch:
+    done = int(state.get("batches_done") or 0)  # a mid-epoch checkpoint: batches of epoch + 1 already trained
+    if not 0 <= done < steps_per_epoch or step != epoch * steps_per_epoch + done:
         raise CheckpointError(
             f"the checkpoint took {step} steps in {epoch} epochs, but this train_loader has {steps_per_epoch} "
             "batches per epoch (did the data set, batch_size or drop_last change?)"
@@ -308,8 +311,9 @@ class RunDir:
     def open(
         self, *, resume: bool, overwrite: bool, run_config: object, load: Callable[[dict[str, Any]], None]
     ) -> None:
-        """Start or continue the run: with ``resume``, pass ``latest.pt`` (when it exists) to ``load``; without it,
-        refuse a directory that holds a run unless ``overwrite``. Then (main process only) create the directory and
+        """Start or continue the run: with ``resume``, pass ``latest.pt`` (when it exists) to ``load`` (on every rank
+        of a distributed run: each reads the file); without it, refuse a directory that holds a run unless
+        ``overwrite``. Then (main process only) create the directory and
         write ``config.toml``, so a refused or failed ``load`` leaves every file as it was.
 
         Raises:
@@ -330,15 +334,23 @@ class RunDir:
             cfg.dump(run_config, self.path / CONFIG_FILE)
 
     def save(self, state: Mapping[str, Any], best: bool) -> None:
-        """Write one epoch's checkpoints (call it on the main process only). ``best.pt`` comes first and
+        """Write one epoch's checkpoints, on the main process only (elsewhere it does nothing: on a distributed run
+        every rank builds ``state``, which may take a collective, and rank 0 writes it). ``best.pt`` comes first and
         ``latest.pt`` is a copy of it, so a crash never leaves ``best.pt`` behind ``latest.pt``; ``student.pt``
         (``state["student"]``) comes last."""
+        if not is_main_process():
+            return
         if best:
             save_atomic(state, self.path / BEST)
             copy_atomic(self.path / BEST, self.path / LATEST)
         else:
             save_atomic(state, self.path / LATEST)
         save_atomic(state["student"], self.path / STUDENT)
+
+    def save_latest(self, state: Mapping[str, Any]) -> None:
+        """Write a mid-epoch ``latest.pt`` only (main process only, like :meth:`save`)."""
+        if is_main_process():
+            save_atomic(state, self.path / LATEST)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -14,6 +14,10 @@ Overrides are dotted keys into the config (``train.epochs=3 recipe.momentum.delt
 are read as TOML literals (``3``, ``0.05``, ``true``, ``[1, 2]``, ``{name = "kd"}``) and otherwise taken as strings.
 Unknown keys are rejected with the valid ones listed. Configuration, data and checkpoint problems end the command
 with exit status 2 and one line on stderr, without a traceback. ``python -m deepkd`` is the same command.
+
+``torchrun --nproc_per_node=N -m deepkd train CONFIG.toml`` trains on N processes (``docs/distributed.md``): only
+rank 0 prints; a rank that fails prints one line naming itself (rank, host, pid) before its traceback. A run
+stopped by SIGTERM or SIGUSR1 saves ``latest.pt`` and exits with status 0 (continue it with ``--resume``).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import sys
 from collections.abc import Sequence
 
 from deepkd.errors import DeepKDError
+from deepkd.launch import failure_message, launched_rank, launched_world_size
 
 __all__ = ["main"]
 
@@ -32,6 +37,11 @@ def _train(args: argparse.Namespace) -> int:
 
     config = load_experiment(args.config, args.overrides)
     history = run(config, resume=args.resume, overwrite=args.overwrite)
+    if launched_rank() != 0:
+        return 0
+    if history.interrupted:
+        print(f"interrupted; continue with: deepkd train {args.config} --resume (run directory: {config.run_dir})")
+        return 0
     best, final = history.best_top1, history.final_top1
     if best is not None and final is not None:
         print(f"best test top-1 {100 * best:.2f}% (epoch {history.best_epoch}), final {100 * final:.2f}%")
@@ -100,8 +110,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except DeepKDError as exc:
         message = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-        print(f"deepkd: error: {message}", file=sys.stderr)
+        where = f"rank {launched_rank()}: " if launched_world_size() > 1 else ""
+        print(f"deepkd: error: {where}{message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("deepkd: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if launched_world_size() > 1:  # say which rank failed, then the traceback
+            print(failure_message(exc), file=sys.stderr, flush=True)
+        raise

@@ -7,11 +7,13 @@ and returned on the device they came from.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["all_reduce_mean_", "is_distributed", "mean_over_ranks", "sum_over_ranks", "world_size"]
+__all__ = ["all_reduce_mean_", "flat_like", "is_distributed", "mean_over_ranks", "sum_over_ranks", "world_size"]
 
 
 def is_distributed() -> bool:
@@ -46,9 +48,14 @@ def mean_over_ranks(tensor: Tensor) -> Tensor:
     return sum_over_ranks(tensor) / dist.get_world_size()
 
 
-def all_reduce_mean_(tensors: list[Tensor]) -> None:
-    """Average ``tensors`` over all processes in place, with one collective for all of them (same dtype)."""
+def all_reduce_mean_(tensors: Sequence[Tensor]) -> None:
+    """Average ``tensors`` over all processes in place, with one collective for all of them (same dtype); a single
+    contiguous tensor (the buffer of :func:`flat_like`) is reduced where it is, without a copy."""
     if not tensors or not is_distributed():
+        return
+    if len(tensors) == 1 and tensors[0].is_contiguous():
+        dist.all_reduce(tensors[0])
+        tensors[0].div_(dist.get_world_size())
         return
     flat = torch.cat([t.reshape(-1) for t in tensors])
     dist.all_reduce(flat)
@@ -58,3 +65,17 @@ def all_reduce_mean_(tensors: list[Tensor]) -> None:
         n = t.numel()
         t.copy_(flat[offset : offset + n].view_as(t))
         offset += n
+
+
+def flat_like(tensors: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+    """Uninitialised tensors shaped like ``tensors``, and what to pass to :func:`all_reduce_mean_` to average them all
+    with one collective: the one flat buffer they are views into when they share a dtype and device, else
+    themselves."""
+    if not tensors:
+        return [], []
+    first = tensors[0]
+    if any(t.dtype != first.dtype or t.device != first.device for t in tensors):
+        out = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in tensors]
+        return out, out
+    flat = torch.empty(sum(t.numel() for t in tensors), dtype=first.dtype, device=first.device)
+    return [c.view_as(t) for c, t in zip(flat.split([t.numel() for t in tensors]), tensors)], [flat]

@@ -7,6 +7,7 @@ complaints in one place. Each subclass also derives from the built-in exception 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 __all__ = [
@@ -58,6 +59,15 @@ class InputError(DeepKDError, ValueError):
 
 class NonFiniteLossError(DeepKDError, FloatingPointError):
     """A loss part became NaN or infinite; the message names the step and the part."""
+
+    @classmethod
+    def at(cls, step: int, epoch: int, parts: dict[str, float]) -> NonFiniteLossError:
+        """The error for the first non-finite part of ``parts`` at optimizer step ``step`` of epoch ``epoch``."""
+        bad = next(name for name, value in parts.items() if not math.isfinite(value))
+        return cls(
+            f"step {step} (epoch {epoch}): loss part {bad!r} is {parts[bad]} (parts: {parts}); pass nonfinite='skip' "
+            "to skip such steps"
+        )
 
 
 class CheckpointError(DeepKDError, ValueError):

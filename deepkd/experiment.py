@@ -49,7 +49,9 @@ from deepkd import config as cfg
 from deepkd.callbacks import Callback
 from deepkd.checkpoint import check_state_dict, load_checkpoint, read_state_dict
 from deepkd.data import IndexedDataset, get_dataset, make_loaders
+from deepkd.distributed import world_size
 from deepkd.errors import CheckpointError, ConfigError
+from deepkd.launch import process_group
 from deepkd.metrics import History, evaluate
 from deepkd.models import build_model
 from deepkd.models.legacy import upgrade_state_dict
@@ -57,7 +59,7 @@ from deepkd.models.torchvision_models import check_pretrained, pretrained_state_
 from deepkd.recipe import Recipe
 from deepkd.train_config import TrainConfig
 from deepkd.trainer import Trainer
-from deepkd.utils import resolve_device, seed_everything
+from deepkd.utils import get_rank, resolve_device, seed_everything
 from deepkd.validators import integer
 
 __all__ = [
@@ -258,33 +260,40 @@ def run(
 
     ``resume=True`` continues ``config.run_dir/latest.pt`` when it exists, else starts fresh; an existing run is
     otherwise refused unless ``overwrite=True``.
+
+    Under ``torchrun`` (``WORLD_SIZE > 1``) it starts the process group (:func:`deepkd.launch.process_group`), gives
+    each rank its shard of the training set (``data.batch_size`` per rank) and of the test set, trains, and destroys
+    the group; every rank returns the same history. ``history.interrupted`` tells a run stopped by a signal.
     """
-    seed_everything(config.seed, config.deterministic)
-    train_set, test_set, info = _datasets(config.data)
-    if config.train.cache_teacher:
-        train_set = IndexedDataset(train_set)
-    train_loader, test_loader = make_loaders(
-        train_set,
-        test_set,
-        config.data.batch_size,
-        seed=config.seed,
-        num_workers=config.data.num_workers,
-        drop_last=config.data.drop_last,
-        test_batch_size=config.data.test_batch_size,
-    )
-    student = build_student(config.student, info.num_classes)
-    teacher = _build_teacher(config.teacher, info.num_classes) if config.recipe.loss.needs_teacher else None
-    trainer = Trainer(
-        student,
-        teacher,
-        config.recipe,
-        config.train,
-        run_dir=config.run_dir,
-        seed=config.seed,
-        callbacks=callbacks,
-        run_config=config,
-    )
-    return trainer.fit(train_loader, test_loader, resume=resume, overwrite=overwrite)
+    with process_group(config.train.dist_timeout, config.train.device):
+        seed_everything(config.seed, config.deterministic)  # the same seed on every rank: the same initial student
+        train_set, test_set, info = _datasets(config.data)
+        if config.train.cache_teacher:
+            train_set = IndexedDataset(train_set)
+        train_loader, test_loader = make_loaders(
+            train_set,
+            test_set,
+            config.data.batch_size,
+            seed=config.seed,
+            num_workers=config.data.num_workers,
+            drop_last=config.data.drop_last,
+            test_batch_size=config.data.test_batch_size,
+            rank=get_rank(),
+            world_size=world_size(),
+        )
+        student = build_student(config.student, info.num_classes)
+        teacher = _build_teacher(config.teacher, info.num_classes) if config.recipe.loss.needs_teacher else None
+        trainer = Trainer(
+            student,
+            teacher,
+            config.recipe,
+            config.train,
+            run_dir=config.run_dir,
+            seed=config.seed,
+            callbacks=callbacks,
+            run_config=config,
+        )
+        return trainer.fit(train_loader, test_loader, resume=resume, overwrite=overwrite)
 
 
 def evaluate_checkpoint(

@@ -64,6 +64,7 @@ __all__ = [
     "split_ratios",
     "split_sums",
     "split_update",
+    "stream_fold",
     "stream_init",
     "stream_ratios",
     "stream_sample",
@@ -133,7 +134,15 @@ def stream_update(state: GSNRState, components: Sequence[Sequence[Tensor]], *, b
     """Fold one mini-batch gradient per component into the moments (in place on the state's buffers)."""
     if len(components) != state.m1.shape[0]:
         raise ValueError(f"expected {state.m1.shape[0]} components, got {len(components)}")
-    x = torch.stack([stream_sample(state, grads) for grads in components])
+    return stream_fold(state, torch.stack([stream_sample(state, grads) for grads in components]), beta=beta)
+
+
+def stream_fold(state: GSNRState, x: Tensor, *, beta: float = 0.98) -> GSNRState:
+    """Fold pre-sampled gradients ``x`` (``[components, n]``, one :func:`stream_sample` per component) into the
+    moments, in place. Distributed ranks that hold their own gradients fold the mean of their samples over ranks:
+    sampling is linear, so that is the sample of the global batch's gradient."""
+    if x.shape != state.m1.shape:
+        raise ValueError(f"expected samples of shape {tuple(state.m1.shape)}, got {tuple(x.shape)}")
     state.m1.mul_(beta).add_(x, alpha=1.0 - beta)
     state.m2.mul_(beta).addcmul_(x, x, value=1.0 - beta)
     return state._replace(step=state.step + 1)

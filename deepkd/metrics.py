@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from deepkd.data.base import unpack
+from deepkd.distributed import is_distributed, sum_over_ranks
 from deepkd.errors import DataError, InputError
 from deepkd.losses import validate_logits
 from deepkd.models import extract_logits
@@ -37,10 +38,12 @@ class History:
     """Per-epoch records of a run (the ``"kind": "epoch"`` lines of ``metrics.jsonl``).
 
     ``history["test_top1"]`` lists one metric over epochs; ``best_top1``/``best_epoch`` and ``final_top1`` give the
-    test top-1 that papers report (best over epochs) and the last one.
+    test top-1 that papers report (best over epochs) and the last one. ``interrupted`` is set when a stop signal
+    ended the run early (its checkpoint was saved; see :mod:`deepkd.preemption`).
     """
 
     epochs: list[dict[str, Any]] = attrs.Factory(list)
+    interrupted: bool = attrs.field(default=False, eq=False)
 
     def __len__(self) -> int:
         return len(self.epochs)
@@ -93,8 +96,13 @@ def evaluate(
     device: torch.device | str = "cpu",
     precision: str = "fp32",
     name: str = "eval_loader",
+    over_ranks: bool = False,
 ) -> dict[str, float]:
     """Test loss (mean cross-entropy), top-1 and top-5 accuracy of ``model`` over ``loader``, in eval mode.
+
+    ``over_ranks=True`` on a distributed run sums the loss, hits and sample counts of every rank's ``loader`` (a
+    shard of the test set each, e.g. :class:`~deepkd.data.ShardSampler`) before dividing, so the metrics are those of
+    the whole test set, exactly, whatever the shards' sizes (collective: every rank must call it).
 
     The model's train/eval mode is restored afterwards. Raises :class:`InputError` for labels outside
     ``[0, classes)`` and :class:`DataError` for an empty loader.
@@ -119,15 +127,21 @@ def evaluate(
             seen += len(y)
     finally:
         model.train(was_training)
-    if seen == 0:
+    totals = torch.stack([loss, *hits.double(), torch.tensor(float(seen), dtype=torch.float64, device=device)])
+    if over_ranks:
+        totals = sum_over_ranks(totals)
+    loss_sum, top1_hits, top5_hits, count = totals.tolist()
+    if count == 0:
         raise DataError(f"the {name} is empty: it yields no samples")
-    top1, top5 = (h / seen for h in hits.tolist())
-    return {"test_loss": loss.item() / seen, "test_top1": top1, "test_top5": top5}
+    return {"test_loss": loss_sum / count, "test_top1": top1_hits / count, "test_top5": top5_hits / count}
 
 
 class EpochMeter:
     """Sample-weighted means of the loss parts and the train top-1/top-5 of one epoch, and the last step's
-    read-outs (momenta, GSNR, K, phase). Skipped non-finite steps are counted, not averaged."""
+    read-outs (momenta, GSNR, K, phase). Skipped non-finite steps are counted, not averaged.
+
+    On a distributed run :meth:`summary` sums the parts, hits and samples of every rank (collective), so the means
+    are those of the global batch."""
 
     def __init__(self, device: torch.device) -> None:
         self.parts: dict[str, float] = {}
@@ -147,6 +161,16 @@ class EpochMeter:
         self.hits += topk_hits(logits, target)
         self.samples += n
 
+    def state_dict(self) -> dict[str, Any]:
+        """The sums so far, as plain data (for mid-epoch checkpoints)."""
+        return {"parts": dict(self.parts), "hits": self.hits.tolist(), "samples": self.samples, "skipped": self.skipped}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`state_dict`."""
+        self.parts = {str(k): float(v) for k, v in state["parts"].items()}
+        self.hits = torch.tensor([int(h) for h in state["hits"]], dtype=torch.int64, device=self.hits.device)
+        self.samples, self.skipped = int(state["samples"]), int(state["skipped"])
+
     def summary(self) -> dict[str, Any]:
         """The training half of an epoch record (NaN means when every step was skipped).
 
@@ -156,10 +180,17 @@ class EpochMeter:
         last = self.last
         if last is None:
             raise DataError("the train_loader yielded no batches this epoch")
-        n = self.samples or math.nan
-        top1, top5 = (h / n for h in self.hits.tolist())
+        parts, hits, samples = self.parts, self.hits.tolist(), self.samples
+        if is_distributed():  # every rank has the same parts (one recipe), in the order of its last step
+            keys = [*last.parts, "total"]
+            local = torch.tensor([*(parts.get(k, 0.0) for k in keys), *hits, samples], dtype=torch.float64)
+            *sums, top1_hits, top5_hits, count = sum_over_ranks(local).tolist()
+            parts = dict(zip(keys, sums)) if count else {}
+            hits, samples = [top1_hits, top5_hits], int(count)
+        n = samples or math.nan
+        top1, top5 = (h / n for h in hits)
         return {
-            "loss": {k: s / n for k, s in self.parts.items()} or {"total": math.nan},
+            "loss": {k: s / n for k, s in parts.items()} or {"total": math.nan},
             "train_top1": top1,
             "train_top5": top5,
             "momentum": dict(last.momenta),

@@ -23,7 +23,10 @@ Groups whose coefficients are equal for the whole run share one buffer and one g
 buffers would be identical in sum; the official-code weight-decay placement forbids that, as do GSNR coefficients
 (they change during the run and need each component's gradient).
 
-Each update has a per-tensor reference path and a ``torch._foreach_*`` path, tested equal.
+Each update has a per-tensor reference path and a ``torch._foreach_*`` path, tested equal. :func:`direction` runs
+the same kernels but writes the summed step direction instead of moving the parameters: the update is linear in the
+gradients, so in a distributed run every rank can keep local buffers fed by its local gradients and all-reduce only
+that direction (:class:`~deepkd.optim.DistillOptimizer`'s ``sync="step"``).
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ import torch
 from attrs import validators as v
 from torch import Tensor
 
-from deepkd.errors import ConfigError
+from deepkd.distributed import flat_like
+from deepkd.errors import ConfigError, DeepKDError
 from deepkd.gsnr import (
     GSNRState,
     SplitState,
@@ -47,9 +51,10 @@ from deepkd.gsnr import (
     split_ratios,
     split_sums,
     split_update,
+    stream_fold,
     stream_init,
+    stream_sample,
     stream_sums,
-    stream_update,
 )
 from deepkd.registry import register_momentum
 from deepkd.validators import integer, real
@@ -64,10 +69,13 @@ __all__ = [
     "Plan",
     "StepContext",
     "check_hyperparameters",
+    "direction",
     "gsnr_offsets",
     "init",
     "merged_plan",
+    "no_split",
     "static_offsets",
+    "step_param_groups",
     "tracking_gsnr",
     "update",
     "update_reference_quirks",
@@ -136,6 +144,36 @@ def update(
     return state._replace(step=state.step + 1)
 
 
+def direction(
+    state: MomentumState,
+    params: Sequence[Tensor],
+    grads: Grads,
+    coefficients: Sequence[float],
+    *,
+    out: Sequence[Tensor],
+    dampening: float = 0.0,
+    weight_decay: float = 0.0,
+    nesterov: bool = False,
+    decay_group: int = 0,
+    foreach: bool = False,
+) -> MomentumState:
+    r""":func:`update`'s buffer update, with the summed direction :math:`\sum_b d_b` written into ``out`` (one tensor
+    per parameter) instead of applied: :func:`update` moves each parameter by ``-lr`` times it. The parameters are
+    read (weight decay), not changed. Every step of it is linear in ``grads`` and the buffers, so the mean over
+    ranks of directions and buffers fed by each rank's own gradients equals those of one process on all of them.
+    """
+    _check(state, params, grads, coefficients)
+    if len(out) != len(params):
+        raise ValueError(f"got {len(out)} direction tensors for {len(params)} parameters")
+    first = int(state.step) == 0
+    kernel = _update_foreach if foreach else _update_single
+    with torch.no_grad():
+        kernel(
+            params, grads, state.buffers, coefficients, 0.0, dampening, weight_decay, nesterov, decay_group, first, out
+        )
+    return state._replace(step=state.step + 1)
+
+
 def _update_single(
     params: Sequence[Tensor],
     grads: Grads,
@@ -147,6 +185,7 @@ def _update_single(
     nesterov: bool,
     decay_group: int,
     first: bool,
+    out: Sequence[Tensor] | None = None,
 ) -> None:
     for i, p in enumerate(params):
         directions = []
@@ -160,6 +199,11 @@ def _update_single(
             else:
                 buf.mul_(m).add_(g, alpha=1 - dampening)
             directions.append(g.add(buf, alpha=m) if nesterov else buf)
+        if out is not None:  # the summed direction, for the caller to apply
+            out[i].copy_(directions[0])
+            for d in directions[1:]:
+                out[i].add_(d)
+            continue
         for d in directions:  # in place, one buffer at a time: no temporary for the sum
             p.add_(d, alpha=-lr)
 
@@ -175,6 +219,7 @@ def _update_foreach(
     nesterov: bool,
     decay_group: int,
     first: bool,
+    out: Sequence[Tensor] | None = None,
 ) -> None:
     params = list(params)
     if not params:
@@ -191,6 +236,11 @@ def _update_foreach(
             torch._foreach_mul_(buf, m)
             torch._foreach_add_(buf, g, alpha=1 - dampening)
         directions.append(list(torch._foreach_add(g, buf, alpha=m)) if nesterov else buf)
+    if out is not None:  # the summed direction, for the caller to apply
+        torch._foreach_copy_(list(out), directions[0])
+        for d in directions[1:]:
+            torch._foreach_add_(list(out), d)
+        return
     for d in directions:
         torch._foreach_add_(params, d, alpha=-lr)
 
@@ -259,6 +309,49 @@ def check_hyperparameters(
         )
 
 
+def step_param_groups(
+    plan: Plan,
+    states: Sequence[MomentumState],
+    param_groups: Sequence[Mapping[str, Any]],
+    grads: Sequence[Grads],
+    active: Sequence[Sequence[bool]],
+    coefficients: Sequence[Sequence[float]],
+    foreach: bool | None = None,
+    reduce: Callable[[list[Tensor]], None] | None = None,
+) -> list[MomentumState]:
+    """One update of every param group's trainable parameters (``active[i]`` flags them; ``grads[i]`` holds their
+    gradients per buffer) with ``plan``'s update and each group's ``lr``, ``dampening``, ``weight_decay`` and
+    ``nesterov``; returns the new states (buffers of frozen parameters are left as they are).
+
+    With ``reduce`` (an in-place mean over ranks), the buffers stay local: ``plan.direction`` computes every group's
+    summed step direction into one flat buffer, ``reduce`` averages it with one collective, and the parameters move
+    by ``-lr`` times the mean direction (the update is linear in the gradients). ``foreach=None`` picks the
+    ``torch._foreach_*`` kernels for CUDA parameters.
+    """
+    params = [[p for p, a in zip(g["params"], act) if a] for g, act in zip(param_groups, active)]
+    directions, reduced = flat_like([p for ps in params for p in ps]) if reduce else ([], [])
+    new_states, start = [], 0
+    for group, ps, act, state, g, coeffs in zip(param_groups, params, active, states, grads, coefficients):
+        sub = state._replace(buffers=tuple(tuple(b for b, a in zip(bufs, act) if a) for bufs in state.buffers))
+        hyper: dict[str, Any] = {k: group[k] for k in ("dampening", "weight_decay", "nesterov")}
+        hyper.update(
+            decay_group=plan.decay_group, foreach=foreach if foreach is not None else bool(ps and ps[0].is_cuda)
+        )
+        if reduce is not None and plan.direction is not None:
+            new = plan.direction(sub, ps, g, coeffs, out=directions[start : start + len(ps)], **hyper)
+        else:
+            new = plan.apply(sub, ps, g, coeffs, lr=group["lr"], **hyper)
+        new_states.append(state._replace(step=new.step))
+        start += len(ps)
+    if reduce is not None:
+        reduce(reduced)
+        for group, ps in zip(param_groups, params):
+            if ps:
+                torch._foreach_add_(ps, directions[: len(ps)], alpha=-group["lr"])
+            directions = directions[len(ps) :]
+    return new_states
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Offset rules: how a strategy's coefficient offsets evolve during a run, as an optax-style pair of pure functions
 # over a state. The optimizer calls them the same way for every strategy.
@@ -272,19 +365,34 @@ class StepContext(NamedTuple):
 
     Attributes:
         step: the step being taken, counted from 1.
-        grads: this step's gradients ``[param group][gradient group][param]``, averaged over ranks, with zeros for
-            parameters that take no gradient this step; ``None`` while probing (before they are taken).
+        grads: this step's gradients ``[param group][gradient group][param]``, with zeros for parameters that take
+            no gradient this step; ``None`` while probing (before they are taken). In a distributed run they are
+            this rank's own when ``local_grads`` is true, else averaged over ranks.
         split_gradients: ``split_gradients(m)`` takes each gradient group's gradient on ``m`` disjoint parts of the
             batch at the current parameters and returns ``([part][gradient group][trainable param], part sizes)``,
             or ``None`` when the batch has fewer than ``m`` samples. It costs ``m`` gradient products per group:
             call it only on the steps that need it (and only while probing).
         mean_over_ranks: the mean of a tensor over the processes of a distributed run (identity in a single one).
+        local_grads: whether ``grads`` are this rank's own gradients (the optimizer's default ``sync="step"``, which
+            all-reduces only the step direction) rather than their mean over ranks (``sync="grads"``, or a single
+            process).
+
+    Contract: every rank must return the same offsets, equal to one process's on the global batch. A rule that
+    derives anything from ``grads`` while ``local_grads`` is true must pass it through ``mean_over_ranks`` (or
+    reduce something linear in the gradients, whose mean is the global value) before it moves the offsets or the
+    state; split gradients are always local, so what is derived from them must be reduced too.
     """
 
     step: int
     grads: ParamGrads | None
     split_gradients: SplitGradients
     mean_over_ranks: Callable[[Tensor], Tensor]
+    local_grads: bool = False
+
+
+def no_split(splits: int) -> None:
+    """``StepContext.split_gradients`` after the step's gradients are taken, when the batch's graph is gone."""
+    raise DeepKDError("split gradients are available while probing, before the step's gradients are taken")
 
 
 def _unchanged(state: Any, ctx: StepContext) -> Any:
@@ -345,6 +453,12 @@ class Plan:
             that every coefficient ``momentum + offset`` lies in [0, 1).
         rule: how the offsets evolve (:class:`OffsetRule`); static by default.
         apply: the parameter update, :func:`update` or :func:`update_reference_quirks` (same keyword arguments).
+        direction: ``apply``'s buffer update with its summed step direction written out instead of applied
+            (:func:`direction`, same arguments as ``apply`` but ``out`` for ``lr``), when ``apply`` is linear in
+            the gradients, so that distributed ranks may update local buffers and all-reduce only the direction;
+            ``None`` when it is not (the official code's update reads a partially updated parameter): ranks then
+            all-reduce every gradient group instead. By default :func:`direction` when ``apply`` is :func:`update`,
+            else ``None``.
         effective: maps the buffers' coefficients to the ones their updates actually use (reported per part).
     """
 
@@ -356,6 +470,9 @@ class Plan:
         default=attrs.Factory(lambda self: static_offsets(self.offsets), takes_self=True), eq=False
     )
     apply: UpdateFn = attrs.field(default=update, eq=False)
+    direction: UpdateFn | None = attrs.field(
+        default=attrs.Factory(lambda self: direction if self.apply is update else None, takes_self=True), eq=False
+    )
     effective: Callable[[tuple[float, ...]], tuple[float, ...]] = attrs.field(default=_same, eq=False)
 
 
@@ -529,11 +646,16 @@ def _estimate_probe(cfg: GSNR, est: GSNREstimate, ctx: StepContext) -> GSNREstim
 
 
 def _estimate_fold(cfg: GSNR, est: GSNREstimate, ctx: StepContext) -> GSNREstimate:
-    """The stream estimator folds in every step's gradients."""
+    """The stream estimator folds in every step's gradients; local gradients' samples are averaged over ranks first
+    (one collective for every param group), so the moments are those of the global batch on every rank."""
     if not est.stream:
         return est
     assert ctx.grads is not None
-    return est._replace(stream=tuple(stream_update(s, g, beta=cfg.decay) for s, g in zip(est.stream, ctx.grads)))
+    samples = [torch.stack([stream_sample(s, g) for g in grads]) for s, grads in zip(est.stream, ctx.grads)]
+    if ctx.local_grads:
+        sizes = [x.shape[1] for x in samples]
+        samples = list(ctx.mean_over_ranks(torch.cat(samples, dim=1)).split(sizes, dim=1))
+    return est._replace(stream=tuple(stream_fold(s, x, beta=cfg.decay) for s, x in zip(est.stream, samples)))
 
 
 def _estimate_ratios(cfg: GSNR, est: GSNREstimate) -> Tensor:

@@ -8,9 +8,7 @@ which builds the loss parts, takes one gradient per group of parts, lets the mom
 the coefficients, updates buffers and parameters, and lets the mask observe the step: the same code for every
 strategy, whose differences are all in its :class:`~deepkd.momentum.Plan`. ``out`` reports parts, coefficients,
 GSNR, K and phase. Param groups, LR schedulers and ``state_dict``/``load_state_dict`` work as with any optimizer.
-
-``epoch`` (counted from 1) is required when the recipe's loss depends on it (DKD's warm-up): a missing epoch raises
-instead of silently holding the warm-up at its first value. The mask schedule and the GSNR estimates follow steps.
+``epoch`` (from 1) is required when the loss depends on it (DKD's warm-up); the mask and GSNR follow steps.
 
 >>> import torch, deepkd
 >>> student = torch.nn.Linear(8, 5)
@@ -37,12 +35,13 @@ from deepkd.decompose import Mode, by_param_group, decompose, decompose_splits, 
 from deepkd.errors import CheckpointError, DeepKDError, NonFiniteLossError
 from deepkd.losses import check_call, on_samples, validate_logits
 from deepkd.masks import PHASE_NAMES, MaskState, keep_mask
-from deepkd.momentum import GSNR, MomentumState, StepContext, check_hyperparameters, init, tracking_gsnr
+from deepkd.momentum import GSNR, StepContext, check_hyperparameters, init, no_split, step_param_groups, tracking_gsnr
 from deepkd.registry import name_of
 from deepkd.types import StepOutput
 from deepkd.validators import check_choice
 
 if TYPE_CHECKING:
+    from deepkd.momentum import MomentumState
     from deepkd.recipe import Recipe
 
 __all__ = ["DistillOptimizer", "StepOutput"]
@@ -58,12 +57,15 @@ class DistillOptimizer(torch.optim.Optimizer):
             :class:`torch.optim.SGD`; ``momentum`` is μ, around which the strategy places each buffer's coefficient.
         decomposition: ``"sequential"`` or ``"batched"`` gradient products (:mod:`deepkd.decompose`).
         foreach: use the ``torch._foreach_*`` update kernels; ``None`` picks them for CUDA parameters.
-        track_gsnr: also measure each gradient group's GSNR for the logs when the strategy does not (with the
-            default :class:`~deepkd.momentum.GSNR` estimator settings).
-        nonfinite: ``"raise"`` (default) raises :class:`NonFiniteLossError` naming the step and the part;
-            ``"skip"`` leaves parameters and buffers untouched and reports ``skipped=True``.
-        sync_grads: all-reduce (average) the gradients across ranks; ``None`` does so when ``torch.distributed`` is
-            initialised with more than one rank.
+        track_gsnr: measure each gradient group's GSNR for the logs when the strategy does not (default settings).
+        nonfinite: ``"raise"`` (:class:`NonFiniteLossError`, naming step and part) or ``"skip"`` (``skipped=True``).
+        sync: what the ranks of a distributed run (``torch.distributed`` with more than one rank) average each step.
+            ``"step"`` (default): each rank keeps local momentum buffers fed by its local gradients, and one
+            all-reduce of the summed step direction (|θ| floats) moves every rank as one process on the global
+            batch would (the update is linear in the gradients; :meth:`state_dict` averages the buffers).
+            ``"grads"``: one all-reduce of every gradient group (k·|θ| floats); buffers are global on every rank.
+            A plan whose update is not linear (``Plan.direction`` is ``None``: the official code's) takes
+            ``"grads"``; :attr:`sync_path` says what runs. ``"off"``: ranks train independently.
         check_inputs: ``"auto"`` (default) checks shapes and dtypes every step, and the label range every step for
             CPU tensors but on the first step only for CUDA tensors (reading it back waits for the device);
             ``True`` checks everything every step; ``False`` nothing.
@@ -83,16 +85,17 @@ class DistillOptimizer(torch.optim.Optimizer):
         foreach: bool | None = None,
         track_gsnr: bool = False,
         nonfinite: Literal["raise", "skip"] = "raise",
-        sync_grads: bool | None = None,
+        sync: Literal["step", "grads", "off"] = "step",
         check_inputs: bool | Literal["auto"] = "auto",
     ) -> None:
         check_choice("decomposition", decomposition, ("sequential", "batched"))
         check_choice("nonfinite", nonfinite, ("raise", "skip"))
         check_choice("check_inputs", check_inputs, (True, False, "auto"))
+        check_choice("sync", sync, ("step", "grads", "off"))
         self.recipe, self.plan = recipe, recipe.plan()
         self.rule = tracking_gsnr(self.plan.rule, GSNR(), len(self.plan.groups)) if track_gsnr else self.plan.rule
         self.decomposition: Mode = decomposition
-        self.foreach, self.nonfinite, self.sync_grads, self.check_inputs = foreach, nonfinite, sync_grads, check_inputs
+        self.foreach, self.nonfinite, self.sync, self.check_inputs = foreach, nonfinite, sync, check_inputs
         self.offsets: tuple[float, ...] = self.plan.offsets
         self.mask_state: MaskState | None = None  # built at the first step, when the class count is known
         self.momentum_states: list[MomentumState] = []  # one per param group
@@ -130,19 +133,22 @@ class DistillOptimizer(torch.optim.Optimizer):
         """
         loss_cfg, mask_cfg = self.recipe.loss, self.recipe.mask
         epoch = check_call(loss_cfg, name_of(loss_cfg), teacher_logits, epoch)
-        self._check_inputs(student_logits, teacher_logits, target)
+        if self.check_inputs is not False:  # "auto": the labels (read back from the device) once on CUDA
+            labels = self.check_inputs is True or not target.is_cuda or not self._labels_checked
+            validate_logits(student_logits, teacher_logits, target, labels=labels, classes=self.num_classes or None)
+            self._labels_checked = True
         if self.mask_state is None:
             self.num_classes, self.mask_state = student_logits.shape[1], mask_cfg.init(student_logits.shape[1])
         keep = None if teacher_logits is None else keep_mask(self.mask_state, teacher_logits, target, mask_cfg.form)
         parts = loss_cfg.parts(student_logits, teacher_logits, target, epoch=epoch, keep=keep)
-        values = dict(zip(parts, torch.stack([p.detach().float() for p in parts.values()]).tolist()))
+        stacked = torch.stack([p.detach().float() for p in parts.values()])
+        if self.sync_path is not None:  # the global batch's parts; a NaN on one rank makes every rank skip or raise
+            stacked = distributed.mean_over_ranks(stacked)
+        values = dict(zip(parts, stacked.tolist()))
         correct = (student_logits.detach().argmax(dim=1) == target).sum()
-        bad = [n for n, value in values.items() if not math.isfinite(value)]
+        bad = not all(math.isfinite(value) for value in values.values())
         if bad and self.nonfinite == "raise":
-            raise NonFiniteLossError(
-                f"step {self.steps + 1} (epoch {epoch}): loss part {bad[0]!r} is {values[bad[0]]} (parts: {values}); "
-                "pass nonfinite='skip' to skip such steps"
-            )
+            raise NonFiniteLossError.at(self.steps + 1, epoch, values)
         if not bad:
             parts_of = on_samples(loss_cfg, student_logits, teacher_logits, target, epoch, keep)
 
@@ -164,64 +170,59 @@ class DistillOptimizer(torch.optim.Optimizer):
             k=int(self.mask_state.k),
             phase=PHASE_NAMES[int(self.mask_state.phase)],
             correct=correct,
-            skipped=bool(bad),
+            skipped=bad,
         )
 
-    def _check_inputs(self, student: Tensor, teacher: Tensor | None, target: Tensor) -> None:
-        if self.check_inputs is not False:
-            labels = self.check_inputs is True or not target.is_cuda or not self._labels_checked
-            validate_logits(student, teacher, target, labels=labels, classes=self.num_classes or None)
-            self._labels_checked = True
+    @property
+    def sync_path(self) -> Literal["step", "grads"] | None:
+        """What the ranks all-reduce each step (see ``sync``), or ``None`` when nothing is (a single process)."""
+        if self.sync == "off" or not distributed.is_distributed():
+            return None
+        return "step" if self.sync == "step" and self.plan.direction is not None else "grads"
 
-    def _sync(self) -> bool:
-        return self.sync_grads if self.sync_grads is not None else distributed.is_distributed()
-
-    def _context(self, grads: list[list[list[Tensor]]] | None, split: Any = None) -> StepContext:
-        mean: Any = distributed.mean_over_ranks if self._sync() else (lambda t: t)
-        return StepContext(self.steps + 1, grads, split or _no_split, mean)
+    def _context(self, grads: list[list[list[Tensor]]] | None, split: Any = no_split) -> StepContext:
+        mean: Any = distributed.mean_over_ranks if self.sync_path else (lambda t: t)
+        return StepContext(self.steps + 1, grads, split, mean, local_grads=self.sync_path == "step")
 
     def _gradients(self, parts: dict[str, Tensor]) -> tuple[list[list[list[Tensor]]], list[list[bool]]]:
         active, flat = trainable(self.param_groups)
         grads = decompose(parts, self.plan.groups, flat, mode=self.decomposition)
-        if self._sync():
-            distributed.all_reduce_mean_([g for group in grads for g in group])  # one collective a step
+        if self.sync_path == "grads":
+            distributed.all_reduce_mean_([g for group in grads for g in group])  # one collective of k·|θ| a step
         return by_param_group(grads, active), active
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:  # type: ignore[override]
         """Apply the gradients computed by :meth:`distill_step` (which calls this); not for direct use."""
         if self._pending is None:
-            msg = "opt.distill_step(student_logits, teacher_logits, target, epoch=e) instead of loss.backward()"
-            raise DeepKDError(
-                f"DistillOptimizer.step() applies the gradients of distill_step(); call {msg} and opt.step()"
-            )
+            call = "opt.distill_step(student_logits, teacher_logits, target, epoch=e)"
+            raise DeepKDError(f"step() applies distill_step()'s gradients: call {call}, not backward() and step()")
         grads, active = self._pending
         self._pending = None
         full = [zero_filled(gs, act, g["params"]) for gs, act, g in zip(grads, active, self.param_groups)]
         self.offsets, self.rule_state = self.rule.update(self.rule_state, self._context(full))
         self.steps += 1
-        for i, group in enumerate(self.param_groups):
-            act, state = active[i], self.momentum_states[i]
-            params = [p for p, a in zip(group["params"], act) if a]
-            sub = state._replace(buffers=tuple(tuple(b for b, a in zip(bufs, act) if a) for bufs in state.buffers))
-            foreach = self.foreach if self.foreach is not None else bool(params and params[0].is_cuda)
-            hyper = {k: group[k] for k in ("lr", "dampening", "weight_decay", "nesterov")}
-            new = self.plan.apply(
-                sub, params, grads[i], self.coefficients(i), decay_group=self.plan.decay_group, foreach=foreach, **hyper
-            )
-            self.momentum_states[i] = state._replace(step=new.step)
+        coefficients = [self.coefficients(i) for i in range(len(self.param_groups))]
+        reduce = distributed.all_reduce_mean_ if self.sync_path == "step" else None  # one all-reduce of |θ| a step
+        self.momentum_states = step_param_groups(
+            self.plan, self.momentum_states, self.param_groups, grads, active, coefficients, self.foreach, reduce
+        )
 
     def gsnr(self) -> Tensor | None:
         """The GSNR of each gradient group that the strategy (or ``track_gsnr``) reports (float64), or ``None``."""
         return None if self.rule.report_gsnr is None else self.rule.report_gsnr(self.rule_state)
 
     def _own_state(self) -> _OwnState:
-        return _OwnState(
-            self.steps, self.offsets, tuple(self.momentum_states), self.rule_state, self.num_classes, self.mask_state
-        )
+        momentum = tuple(self.momentum_states)
+        return _OwnState(self.steps, self.offsets, momentum, self.rule_state, self.num_classes, self.mask_state)
 
     def state_dict(self) -> dict[str, Any]:
+        """The state with the global momentum buffers. Under ``sync_path == "step"`` this averages the ranks' local
+        buffers in place (one collective: **every rank must call it**); only their mean enters the update, so the
+        run goes on bit for bit as one resumed from this state, on any world size."""
         sd = super().state_dict()
+        if self.sync_path == "step":  # in place: every rank goes on from the mean, as a resumed run does
+            distributed.all_reduce_mean_([b for s in self.momentum_states for bufs in s.buffers for b in bufs])
         sd["deepkd"] = {"recipe": unstructure(self.recipe), **pack_state(self._own_state())}
         return sd
 
@@ -252,7 +253,3 @@ class _OwnState(NamedTuple):
     rule: Any  # the offset rule's state
     classes: int  # 0 before the first step
     mask: MaskState | None
-
-
-def _no_split(splits: int) -> None:
-    raise DeepKDError("split gradients are available while probing, before the step's gradients are taken")

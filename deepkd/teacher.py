@@ -27,11 +27,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from deepkd.data.base import augments_randomly, unpack
+from deepkd.data.base import ShardSampler, augments_randomly, unpack
+from deepkd.distributed import is_distributed, sum_over_ranks, world_size
 from deepkd.errors import ConfigError, DataError, InputError
 from deepkd.models import extract_logits
 from deepkd.registry import name_of
 from deepkd.train_config import autocast
+from deepkd.utils import get_rank
 
 if TYPE_CHECKING:
     from deepkd.types import LossStrategy
@@ -78,24 +80,29 @@ def compute_teacher_logits(
     teacher: nn.Module, loader: Iterable[Any], num_classes: int, *, device: torch.device, precision: str
 ) -> Tensor:
     """Every sample's teacher logits ``[len(data set), num_classes]``, in one pass over ``loader``'s data set in
-    index order (the loader's batches must carry the index, see :class:`~deepkd.data.IndexedDataset`)."""
+    index order (the loader's batches must carry the index, see :class:`~deepkd.data.IndexedDataset`).
+
+    On a distributed run each rank runs the teacher on its :class:`~deepkd.data.ShardSampler` share of the data set
+    only, and one all-reduce gives every rank the whole cache (the samples a rank draws change with the epoch)."""
     dataset = getattr(loader, "dataset", None)
     if dataset is None:
         raise ConfigError("cache_teacher = true needs a DataLoader (its data set is read in order once)")
+    distributed = is_distributed()
     ordered = DataLoader(
         dataset,
         batch_size=getattr(loader, "batch_size", None) or 256,
+        sampler=ShardSampler(len(dataset), get_rank(), world_size()) if distributed else None,
         shuffle=False,
         num_workers=getattr(loader, "num_workers", 0),
         collate_fn=getattr(loader, "collate_fn", None),
         generator=torch.Generator(),  # keeps the global RNG untouched, so resumed runs stay exact
     )
-    cache = torch.full((len(dataset), num_classes), math.nan, device=device)
+    cache = torch.full((len(dataset), num_classes), 0.0 if distributed else math.nan, device=device)
     for batch in ordered:
         x, _, index = unpack(batch, device)
         assert index is not None  # checked by probe_class_count
         cache[index.to(device)] = teacher_forward(teacher, x, device, precision)
-    return cache
+    return sum_over_ranks(cache) if distributed else cache  # each row comes from exactly one rank
 
 
 def check_cache(cache: Tensor, loader: Iterable[Any], num_classes: int) -> None:

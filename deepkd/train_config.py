@@ -17,6 +17,7 @@ import torch
 from attrs import validators as v
 
 from deepkd.errors import ConfigError
+from deepkd.launch import lr_factor, rank_device
 from deepkd.schedules import SCHEDULES, Step
 from deepkd.types import ScheduleStrategy
 from deepkd.utils import resolve_device
@@ -45,6 +46,17 @@ class TrainConfig:
         log_every: write a step record every this many steps.
         progress: show a progress bar (``None``: only when stderr is a terminal).
         tensorboard: also write TensorBoard scalars (needs the ``tensorboard`` package).
+        checkpoint_every_steps: also write ``latest.pt`` every this many steps inside an epoch (0: at epoch ends
+            only), so a crash loses at most that many steps; resuming from it is exact.
+        dist_timeout: seconds a collective of a distributed run (``torchrun``) may wait for the other ranks before
+            it fails, so a dead or stuck rank ends the run instead of hanging it.
+        scale_lr: on ``N`` processes, multiply ``lr`` by ``N`` (``"linear"``), ``sqrt(N)`` (``"sqrt"``) or nothing
+            (``"none"``, the default); the global batch is ``data.batch_size × N``.
+        sync: what the ranks of a distributed run all-reduce each step (:class:`~deepkd.optim.DistillOptimizer`):
+            ``"step"`` (default) one step direction, ``"grads"`` every gradient group (global momentum buffers on
+            every rank, so a resumed run repeats the uninterrupted one bit for bit).
+        sync_batchnorm: on a distributed CUDA run, normalise with statistics over the global batch
+            (:class:`torch.nn.SyncBatchNorm`) instead of each rank's own.
     """
 
     epochs: int = attrs.field(default=240, validator=integer(ge=1))
@@ -66,11 +78,19 @@ class TrainConfig:
     log_every: int = attrs.field(default=50, validator=integer(ge=1))
     progress: bool | None = attrs.field(default=None, validator=v.optional(v.instance_of(bool)))
     tensorboard: bool = attrs.field(default=False, validator=v.instance_of(bool))
+    checkpoint_every_steps: int = attrs.field(default=0, validator=integer(ge=0))
+    dist_timeout: float = attrs.field(default=1800.0, validator=real(gt=0.0))
+    scale_lr: Literal["none", "linear", "sqrt"] = attrs.field(
+        default="none", validator=v.in_(("none", "linear", "sqrt"))
+    )
+    sync: Literal["step", "grads"] = attrs.field(default="step", validator=v.in_(("step", "grads")))
+    sync_batchnorm: bool = attrs.field(default=False, validator=v.instance_of(bool))
 
-    def optimizer_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments of :class:`~deepkd.optim.DistillOptimizer` that this config sets."""
+    def optimizer_kwargs(self, world_size: int = 1) -> dict[str, Any]:
+        """The keyword arguments of :class:`~deepkd.optim.DistillOptimizer` that this config sets, the learning
+        rate scaled for ``world_size`` processes as ``scale_lr`` asks."""
         return {
-            "lr": self.lr,
+            "lr": self.lr * lr_factor(self.scale_lr, world_size),
             "momentum": self.momentum,
             "weight_decay": self.weight_decay,
             "dampening": self.dampening,
@@ -78,12 +98,13 @@ class TrainConfig:
             "decomposition": self.decomposition,
             "track_gsnr": self.track_gsnr,
             "nonfinite": self.nonfinite,
+            "sync": self.sync,
         }
 
     def resolved_device(self) -> torch.device:
         """The device to train on (``"auto"`` resolved, see :func:`~deepkd.utils.resolve_device`), checked against
-        ``precision``: fp16 autocast needs CUDA."""
-        device = resolve_device(self.device)
+        ``precision``: fp16 autocast needs CUDA. A distributed run maps ``cuda`` to ``cuda:LOCAL_RANK``."""
+        device = rank_device(resolve_device(self.device))
         if self.precision == "fp16" and device.type != "cuda":
             raise ConfigError(f"precision 'fp16' needs a CUDA device, not {device}; use 'bf16' @ $.train.precision")
         return device

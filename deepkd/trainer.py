@@ -24,7 +24,10 @@ Semantics worth knowing:
   ``seed * 1000003 + epoch`` before each epoch, so resuming needs no loader state. With a ``run_dir``, each epoch
   ends with ``latest.pt``, ``best.pt`` and ``student.pt`` written atomically (:mod:`deepkd.checkpoint`), and
   ``fit(resume=True)`` continues from ``latest.pt`` reproducing the uninterrupted run bit for bit on CPU (with
-  ``num_workers=0`` or data without random augmentation). A crash mid-epoch loses that epoch only.
+  ``num_workers=0`` or data without random augmentation). A crash mid-epoch loses that epoch only, or at most
+  ``checkpoint_every_steps`` steps; SIGTERM/SIGUSR1 checkpoint at the next step and stop (:mod:`deepkd.preemption`).
+- Under ``torchrun`` (``torch.distributed`` initialised) each rank trains on its loader's shard; the optimizer
+  synchronises the ranks, metrics are summed over ranks, rank 0 logs and writes (``docs/distributed.md``).
 - ``cache_teacher=True`` computes every training sample's teacher logits once, in a first pass in data-set order,
   and reads them by sample index afterwards; the training loader must yield ``(x, y, index)`` (wrap its data set in
   :class:`~deepkd.data.IndexedDataset`) and must not augment randomly.
@@ -33,7 +36,7 @@ Semantics worth knowing:
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,27 +44,28 @@ import torch
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from deepkd import config as cfg
-from deepkd._version import __version__
 from deepkd.callbacks import Callback, Checkpointer, TrainerView
-from deepkd.checkpoint import CONFIG_FILE, FORMAT, RunDir, check_recipe, check_resumable
+from deepkd.checkpoint import CONFIG_FILE, RunDir
 from deepkd.data import Loader, count_batches, seed_loader, steps_per_epoch, unpack
-from deepkd.errors import CheckpointError, ConfigError
+from deepkd.distributed import world_size
+from deepkd.errors import ConfigError
+from deepkd.launch import broadcast_module_, sync_batchnorm
 from deepkd.logs import loggers
 from deepkd.metrics import EpochMeter, History, evaluate
 from deepkd.models import extract_logits
 from deepkd.optim import DistillOptimizer
+from deepkd.preemption import Interrupts, resume_epoch
 from deepkd.recipe import Recipe
 from deepkd.schedules import lr_scheduler
 from deepkd.teacher import TeacherSource, teacher_for
 from deepkd.train_config import TrainConfig, autocast
+from deepkd.trainer_state import TrainerState
 from deepkd.types import StepOutput
-from deepkd.utils import rng_state, set_rng_state
 
 __all__ = ["CONFIG_FILE", "History", "TrainConfig", "Trainer", "evaluate"]
 
 
-class Trainer:
+class Trainer(TrainerState):
     """Trains ``student`` with ``recipe`` (distilling from ``teacher`` when the recipe's loss needs one).
 
     Args:
@@ -105,14 +109,16 @@ class Trainer:
         self.run_dir = self._run.path if self._run is not None else None
         self.device = config.resolved_device()
         self.teacher = teacher_for(recipe.loss, teacher, self.device)
-        self.student = student.to(self.device)
+        self.student = sync_batchnorm(student, config.sync_batchnorm).to(self.device)
         self.student_forward: nn.Module = torch.compile(self.student) if config.compile else self.student  # type: ignore[assignment]
-        self.optimizer = DistillOptimizer(self.student.parameters(), recipe, **config.optimizer_kwargs())
+        kwargs = config.optimizer_kwargs(world_size())  # the learning rate scaled as config.scale_lr asks
+        self.optimizer = DistillOptimizer(self.student.parameters(), recipe, **kwargs)
         self.scheduler: LambdaLR | None = None
         self.run_config = run_config if run_config is not None else {"recipe": recipe, "train": config}
         self.history = History()
         self.epoch = self.global_step = self.steps_per_epoch = self.num_classes = 0
-        self.last_lr, self.should_stop = config.lr, False
+        self.last_lr, self.should_stop, self._in_epoch = kwargs["lr"], False, False
+        self._interrupts, self._resume = Interrupts(self._run, config.checkpoint_every_steps), None
         checkpointer = [Checkpointer(self._run)] if self._run else []  # last: it saves what the callbacks did
         self.callbacks: list[Callback] = [*loggers(config, self.run_dir), *callbacks, *checkpointer]
         self.teacher_source = TeacherSource(
@@ -135,39 +141,54 @@ class Trainer:
         """
         self.setup(train_loader, eval_loader, resume=resume, overwrite=overwrite)
         self._call("on_fit_start")
-        while self.epoch < self.config.epochs and not self.should_stop:
-            self.epoch += 1
-            self.start_epoch(train_loader)
-            for batch in train_loader:
-                self._call("on_step_end", self.training_step(batch))
-            metrics = self.end_epoch(eval_loader)
-            self._call("on_epoch_end", metrics)  # loggers, user callbacks, then the checkpointer
+        with self._interrupts.installed():
+            while self.epoch < self.config.epochs and not self.should_stop:
+                self.epoch += 1
+                for batch in self.start_epoch(train_loader):
+                    self._call("on_step_end", self.training_step(batch))
+                    if self._interrupts.after_step(self):  # a checkpoint every K steps; a stop signal breaks
+                        break
+                else:  # the epoch ran to its end
+                    metrics = self.end_epoch(eval_loader)
+                    self._call("on_epoch_end", metrics)  # loggers, user callbacks, then the checkpointer
+                    continue
+                break  # stopped mid-epoch by a signal, its checkpoint written
         self._call("on_fit_end")
         return self.history
 
     def setup(self, train_loader: Loader, eval_loader: Loader | None = None, *, resume: bool, overwrite: bool) -> None:
         """Before the first epoch: check the loaders and models (one probe batch), build the scheduler, open the run
-        directory (loading ``latest.pt`` when resuming) and fill the teacher-logit cache."""
+        directory (loading ``latest.pt`` when resuming) and fill the teacher-logit cache. On a distributed run every
+        rank starts from rank 0's student (broadcast), then from ``latest.pt`` when resuming."""
         self.steps_per_epoch = steps = steps_per_epoch(train_loader)
         if eval_loader is not None:
             count_batches(eval_loader, "eval_loader")
         self.teacher_source.check_loader(train_loader)
         self.num_classes = self.teacher_source.probe_class_count(self.student, train_loader)
         self.scheduler = lr_scheduler(self.optimizer, self.config.schedule, steps, self.config.epochs)
-        self._generator: torch.Generator | None = getattr(train_loader, "generator", None)
+        self._generator = getattr(train_loader, "generator", None)
+        broadcast_module_(self.student)
         if self._run is not None:
             self._run.open(resume=resume, overwrite=overwrite, run_config=self.run_config, load=self.load_state_dict)
         elif resume:
             raise ConfigError("resume=True needs a run_dir to find the checkpoint in")
         self.teacher_source.prepare(train_loader, self.num_classes)
 
-    def start_epoch(self, train_loader: Loader) -> None:
-        """Train mode, this epoch's data order (from ``(seed, epoch)``) and a fresh meter; then ``on_epoch_start``."""
+    def start_epoch(self, train_loader: Loader) -> Iterator[Any]:
+        """Train mode, this epoch's data order (from ``(seed, epoch)``) and a fresh meter; then ``on_epoch_start``.
+        Returns the epoch's batches: after a mid-epoch checkpoint, those not yet trained (:mod:`deepkd.preemption`)."""
         self._started = time.perf_counter()
         self.student.train()
         seed_loader(train_loader, self.seed, self.epoch)
+        self._meter, self._in_epoch = EpochMeter(self.device), True
         self._call("on_epoch_start")
-        self._meter = EpochMeter(self.device)
+        batches = iter(train_loader)
+        if self._resume is not None:
+            meter = resume_epoch(batches, *self._resume, self._generator)
+            if meter is not None:
+                self._meter.load_state_dict(meter)
+            self._resume = None
+        return batches
 
     def training_step(self, batch: Any) -> StepOutput:
         """One optimizer step: the student's logits, the teacher's, the distillation step, the learning-rate step."""
@@ -187,6 +208,7 @@ class Trainer:
         """The epoch's record (training summary, evaluation on ``eval_loader``, wall time), appended to the history."""
         metrics = {"kind": "epoch", "epoch": self.epoch, "step": self.global_step, "lr": self.last_lr}
         metrics.update(self._meter.summary())
+        self._in_epoch = False
         if eval_loader is not None:
             metrics.update(self.evaluate(eval_loader))
         metrics["time"] = time.perf_counter() - self._started
@@ -194,8 +216,10 @@ class Trainer:
         return metrics
 
     def evaluate(self, loader: Loader) -> dict[str, float]:
-        """Test loss, top-1 and top-5 of the student on ``loader`` (see :func:`evaluate`)."""
-        return evaluate(self.student_forward, loader, device=self.device, precision=self.config.precision)
+        """Test loss, top-1 and top-5 of the student on ``loader`` (see :func:`evaluate`), summed over the ranks'
+        shards on a distributed run (every rank must call it)."""
+        dev, precision = self.device, self.config.precision
+        return evaluate(self.student_forward, loader, device=dev, precision=precision, over_ranks=True)
 
     def compute_teacher_logits(self, loader: Loader) -> Tensor:
         """The teacher's logits for every sample of ``loader``'s data set, in index order (what ``cache_teacher``
@@ -209,39 +233,3 @@ class Trainer:
             fn = getattr(callback, hook, None)
             if fn is not None:
                 fn(view, *args)
-
-    # ------------------------------------------------------------------ checkpoints
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue this run (the content of ``latest.pt``); plain data and tensors only."""
-        assert self.scheduler is not None, "state_dict() is available once fit() has started"
-        return {
-            "format": FORMAT,
-            "version": __version__,
-            "epoch": self.epoch,
-            "global_step": self.global_step,
-            "student": self.student.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "rng": rng_state(self._generator),
-            "best": {"top1": self.history.best_top1, "epoch": self.history.best_epoch},
-            "history": self.history.to_dict(),
-            "recipe": cfg.unstructure(self.recipe),
-            "config": cfg.unstructure(self.run_config),
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue from a checkpoint made by :meth:`state_dict`, checked before anything is changed: raises
-        :class:`CheckpointError` for another recipe, other model shapes, another number of steps per epoch, or junk."""
-        assert self.scheduler is not None, "load_state_dict() is available once fit() has started"
-        check_recipe(state["recipe"], cfg.unstructure(self.recipe), "the checkpoint")
-        epoch, step = check_resumable(state, self.student, self.steps_per_epoch)
-        self.student.load_state_dict(state["student"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        try:
-            self.scheduler.load_state_dict(dict(state["scheduler"]))
-            self.history = History.from_dict(state["history"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"the checkpoint's scheduler or history is malformed: {exc!r}") from None
-        set_rng_state(state["rng"], self._generator)
-        self.epoch, self.global_step = epoch, step
-        self.last_lr = self.optimizer.param_groups[0]["lr"]

@@ -69,7 +69,7 @@ class StepOutput:
     Attributes:
         step: the optimizer step count after this step (skipped steps do not count).
         loss: the total loss (sum of the parts).
-        parts: each loss part's value.
+        parts: each loss part's value (in a distributed run, the mean over ranks: the global batch's).
         momenta: each part's momentum coefficient (first param group).
         gsnr: each gradient group's GSNR (per sample) when the strategy or ``track_gsnr`` measures it (NaN before
             the first estimate).

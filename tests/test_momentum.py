@@ -214,3 +214,50 @@ def test_gsnr_coefficients_follow_measured_gsnr():
     assert coeffs[int(order[-1])] == pytest.approx(0.975) and coeffs[int(order[0])] == pytest.approx(0.825)
     assert set(out.gsnr) == {"task", "tckd", "nckd"}
     assert all(0 <= c < 1 for c in coeffs)
+
+
+@given(
+    steps=st.integers(1, 4),
+    mu=st.sampled_from([0.0, 0.5, 0.9]),
+    wd=st.sampled_from([0.0, 0.05]),
+    nesterov=st.booleans(),
+    dampening=st.sampled_from([0.0, 0.3]),
+    foreach=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_direction_is_the_update_and_is_linear_across_ranks(steps, mu, wd, nesterov, dampening, foreach, seed):
+    """``direction`` updates the buffers as ``update`` does and returns the step ``update`` applies; with each of two
+    "ranks" feeding its own gradients, the mean of their buffers and directions is the one process's on the mean."""
+    if not _valid(mu, nesterov, dampening):
+        return
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(3, 4), (4,), ()]
+    coeffs = (max(mu - 0.1, 0.0), mu, min(mu + 0.05, 0.95))
+    hyper = dict(dampening=dampening, weight_decay=wd, nesterov=nesterov, decay_group=1, foreach=foreach)
+    theta = [torch.randn(s, generator=gen) for s in shapes]
+    whole, ranks = MO.init(theta, 3), [MO.init(theta, 3) for _ in range(2)]
+    for _ in range(steps):
+        local = [[[torch.randn(s, generator=gen) for s in shapes] for _ in coeffs] for _ in ranks]
+        mean = [[(a + b) / 2 for a, b in zip(ga, gb)] for ga, gb in zip(*local)]
+        moved = [p.clone() for p in theta]
+        before = whole._replace(buffers=tuple(tuple(b.clone() for b in bs) for bs in whole.buffers))
+        whole = MO.update(whole, moved, mean, coeffs, lr=0.1, **hyper)
+        out = [torch.empty(s) for s in shapes]
+        again = MO.direction(before, theta, mean, coeffs, out=out, **hyper)  # the same buffers, theta unchanged
+        outs = [[torch.empty(s) for s in shapes] for _ in ranks]
+        ranks = [MO.direction(st_, theta, g, coeffs, out=o, **hyper) for st_, g, o in zip(ranks, local, outs)]
+        for b_whole, b_again, b0, b1 in zip(whole.buffers, again.buffers, *(r.buffers for r in ranks)):
+            for w, a, x, y in zip(b_whole, b_again, b0, b1):
+                torch.testing.assert_close(a, w, atol=0, rtol=0)
+                torch.testing.assert_close((x + y) / 2, w, atol=1e-6, rtol=1e-5)
+        for p, p_moved, d, d0, d1 in zip(theta, moved, out, *outs):
+            torch.testing.assert_close(p - 0.1 * d, p_moved, atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close((d0 + d1) / 2, d, atol=1e-5, rtol=1e-5)
+            p.copy_(p_moved)
+        assert int(whole.step) == int(again.step) == int(ranks[0].step)
+
+
+def test_only_the_linear_update_has_a_direction():
+    assert deepkd.DOT().plan(("task", "tckd", "nckd")).direction is MO.direction
+    assert deepkd.GSNR().plan(("task", "tckd", "nckd")).direction is MO.direction
+    assert deepkd.FixedOffsets(reference_quirks=True).plan(("task", "tckd", "nckd")).direction is None

@@ -260,6 +260,7 @@ def test_optimizer_kwargs_are_distill_optimizer_arguments_set_from_the_config():
         "decomposition": "sequential",
         "track_gsnr": True,
         "nonfinite": "skip",
+        "sync": "step",
     }
     trainer = Trainer(nn.Linear(4, 3), None, deepkd.compose("ce", "sgd", "none"), _config(lr=0.3, weight_decay=0.0))
     group = trainer.optimizer.param_groups[0]

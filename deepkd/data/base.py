@@ -5,13 +5,13 @@ augmentation, seeded DataLoaders, and the batch handling of the training loop (:
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler, TensorDataset
 
 from deepkd.errors import ConfigError, DataError, InputError
 
@@ -19,6 +19,7 @@ __all__ = [
     "IndexedDataset",
     "LabeledTensorDataset",
     "Loader",
+    "ShardSampler",
     "augments_randomly",
     "count_batches",
     "make_loaders",
@@ -188,6 +189,27 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
+class ShardSampler(Sampler[int]):
+    """Rank ``rank``'s share of ``size`` samples in order, ``rank, rank + world, rank + 2·world...``, without
+    padding: the shards cover every sample exactly once (their sizes differ by at most one), so metrics summed over
+    ranks are those of the whole set.
+
+    >>> [list(ShardSampler(5, r, 2)) for r in range(2)]
+    [[0, 2, 4], [1, 3]]
+    """
+
+    def __init__(self, size: int, rank: int, world_size: int) -> None:
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"rank {rank} is not in [0, {world_size})")
+        self.size, self.rank, self.world_size = size, rank, world_size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.size, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.size, self.world_size))
+
+
 def make_loaders(
     train_set: Dataset[Any],
     test_set: Dataset[Any],
@@ -197,11 +219,20 @@ def make_loaders(
     num_workers: int = 0,
     drop_last: bool = False,
     test_batch_size: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> tuple[DataLoader[Any], DataLoader[Any]]:
     """Build a shuffled training loader and an ordered evaluation loader, reproducible for a given ``seed``.
 
     Shuffling draws from a ``torch.Generator`` seeded with ``seed``; worker processes (if any) derive their seeds
     from it too. ``drop_last`` applies to the training loader only; ``test_batch_size`` defaults to ``batch_size``.
+
+    With ``world_size > 1`` (one loader pair per rank of a distributed run) the training loader draws from a
+    :class:`~torch.utils.data.DistributedSampler`: each epoch one permutation of the whole set, seeded with
+    ``seed * 1000003 + epoch`` (:func:`seed_loader` tells it the epoch), padded by repetition to a multiple of
+    ``world_size`` and dealt out to the ranks, so every rank takes the same number of steps; ``batch_size`` is per
+    rank (the global batch is ``batch_size × world_size``). The evaluation loader reads rank ``rank``'s
+    :class:`ShardSampler` share of the test set, unpadded.
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
@@ -211,10 +242,16 @@ def make_loaders(
         "worker_init_fn": _seed_worker if num_workers else None,
         "persistent_workers": num_workers > 0,
     }
-    train = DataLoader(
-        train_set, batch_size=batch_size, shuffle=True, drop_last=drop_last, generator=generator, **common
+    shuffle: dict[str, Any] = {"shuffle": True}
+    test_shard: dict[str, Any] = {}
+    if world_size > 1:
+        sampler: DistributedSampler[Any] = DistributedSampler(train_set, world_size, rank, seed=int(seed) * 1000003)
+        shuffle = {"sampler": sampler}
+        test_shard = {"sampler": ShardSampler(len(test_set), rank, world_size)}  # type: ignore[arg-type]
+    train = DataLoader(train_set, batch_size=batch_size, drop_last=drop_last, generator=generator, **shuffle, **common)
+    test = DataLoader(
+        test_set, batch_size=test_batch_size or batch_size, shuffle=False, drop_last=False, **test_shard, **common
     )
-    test = DataLoader(test_set, batch_size=test_batch_size or batch_size, shuffle=False, drop_last=False, **common)
     return train, test
 
 
