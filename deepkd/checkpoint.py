@@ -156,8 +156,11 @@ def _unreadable(path: Path, exc: Exception) -> str:
     )
 
 
-def _major(version: str) -> str:
-    return str(version).split(".", 1)[0]
+def _series(version: str) -> str:
+    """The part of a version that must match to resume a training state: the major version, and the minor one
+    before 1.0 (0.x releases may change the state's format, as 0.2 did)."""
+    parts = str(version).split(".")
+    return ".".join(parts[:2]) if parts[0] == "0" else parts[0]
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -165,7 +168,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     Raises:
         CheckpointError: the file is missing, unreadable, not a deepkd checkpoint, lacks keys, or was written by
-            another major version of deepkd.
+            a deepkd whose training state this one cannot resume (another major version; before 1.0, another minor
+            one). Its student weights still load, through :func:`read_state_dict`.
     """
     path = Path(path)
     data = _read(path)
@@ -177,10 +181,11 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
         raise CheckpointError(f"checkpoint {str(path)!r} lacks {', '.join(missing)}")
-    if _major(data["version"]) != _major(__version__):
+    if _series(data["version"]) != _series(__version__):
         raise CheckpointError(
-            f"checkpoint {str(path)!r} was written by deepkd {data['version']}, which is incompatible with this "
-            f"deepkd {__version__} (major versions differ)"
+            f"checkpoint {str(path)!r} was written by deepkd {data['version']}, whose training state this deepkd "
+            f"{__version__} cannot resume (major versions differ, or minor ones before 1.0): start a new run; its "
+            f"student weights still load as a teacher or a starting point (checkpoint = {str(path)!r})"
         )
     return dict(data)
 
@@ -209,8 +214,10 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     data = _read(path)
-    if isinstance(data, Mapping) and data.get("format") == FORMAT:
-        data = load_checkpoint(path)["student"]
+    if isinstance(data, Mapping) and data.get("format") == FORMAT:  # its student, whichever deepkd wrote it
+        if not isinstance(data.get("student"), Mapping):
+            raise CheckpointError(f"deepkd checkpoint {str(path)!r} holds no student weights")
+        data = data["student"]
     top = data
     for _ in range(3):  # {"model": ...}, and at most two levels of such wrapping
         if _is_state_dict(data) or not isinstance(data, Mapping):
