@@ -49,7 +49,7 @@ from attrs import validators as v
 from torch import Tensor
 
 from deepkd.errors import InputError
-from deepkd.registry import register_loss
+from deepkd.registry import name_of, register_loss
 from deepkd.types import LossStrategy
 from deepkd.validators import integer, real
 
@@ -327,22 +327,23 @@ _nonneg = real(ge=0.0)
 _positive = real(gt=0.0)
 
 
-def check_call(loss: LossStrategy, name: str, teacher: Tensor | None, epoch: int | None) -> int:
+def check_call(loss: LossStrategy, teacher: Tensor | None, epoch: int | None) -> int:
     """The epoch to build ``loss``'s parts with (1 when it does not depend on the epoch and none is given).
 
     Raises:
-        InputError: the loss (registered as ``name``) needs a teacher and ``teacher`` is None; the loss depends on
-            the epoch (DKD's warm-up; assumed for a strategy that does not say) and none is given; a bad epoch.
+        InputError: the loss needs a teacher and ``teacher`` is None; the loss depends on the epoch (DKD's
+            warm-up; assumed for a strategy that does not say) and none is given; a bad epoch. The message names the
+            loss by its registered name.
     """
     if epoch is None and getattr(loss, "uses_epoch", True):
         raise InputError(
-            f"the {name!r} loss depends on the epoch (e.g. DKD's warm-up): pass distill_step(..., epoch=e) with "
-            "e counted from 1"
+            f"the {name_of(loss)!r} loss depends on the epoch (e.g. DKD's warm-up): pass distill_step(..., epoch=e) "
+            "with e counted from 1"
         )
     if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1):
         raise InputError(f"epoch must be an integer >= 1 (epochs count from 1), got {epoch!r}")
     if teacher is None and loss.needs_teacher:
-        raise InputError(f"the {name!r} loss needs teacher logits, got None")
+        raise InputError(f"the {name_of(loss)!r} loss needs teacher logits, got None")
     return 1 if epoch is None else epoch
 
 

@@ -136,12 +136,8 @@ def update(
         decay_group: the group whose gradient receives the weight-decay term (the one holding ``task``).
         foreach: use the multi-tensor ``torch._foreach_*`` kernels.
     """
-    _check(state, params, grads, coefficients)
-    first = int(state.step) == 0
-    kernel = _update_foreach if foreach else _update_single
-    with torch.no_grad():
-        kernel(params, grads, state.buffers, coefficients, lr, dampening, weight_decay, nesterov, decay_group, first)
-    return state._replace(step=state.step + 1)
+    hyper = (dampening, weight_decay, nesterov, decay_group)
+    return _buffers_step(state, params, grads, coefficients, lr, *hyper, foreach=foreach, out=None)
 
 
 def direction(
@@ -162,14 +158,33 @@ def direction(
     read (weight decay), not changed. Every step of it is linear in ``grads`` and the buffers, so the mean over
     ranks of directions and buffers fed by each rank's own gradients equals those of one process on all of them.
     """
-    _check(state, params, grads, coefficients)
     if len(out) != len(params):
         raise ValueError(f"got {len(out)} direction tensors for {len(params)} parameters")
+    hyper = (dampening, weight_decay, nesterov, decay_group)
+    return _buffers_step(state, params, grads, coefficients, 0.0, *hyper, foreach=foreach, out=out)
+
+
+def _buffers_step(
+    state: MomentumState,
+    params: Sequence[Tensor],
+    grads: Grads,
+    coefficients: Sequence[float],
+    lr: float,
+    dampening: float,
+    weight_decay: float,
+    nesterov: bool,
+    decay_group: int,
+    *,
+    foreach: bool,
+    out: Sequence[Tensor] | None,
+) -> MomentumState:
+    """What :func:`update` and :func:`direction` share: the checks, the kernel choice and the step count."""
+    _check(state, params, grads, coefficients)
     first = int(state.step) == 0
     kernel = _update_foreach if foreach else _update_single
     with torch.no_grad():
         kernel(
-            params, grads, state.buffers, coefficients, 0.0, dampening, weight_decay, nesterov, decay_group, first, out
+            params, grads, state.buffers, coefficients, lr, dampening, weight_decay, nesterov, decay_group, first, out
         )
     return state._replace(step=state.step + 1)
 

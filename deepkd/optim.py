@@ -132,7 +132,7 @@ class DistillOptimizer(torch.optim.Optimizer):
         ``epoch`` counts from 1; it is required when the loss depends on it (``uses_epoch``, e.g. DKD's warm-up).
         """
         loss_cfg, mask_cfg = self.recipe.loss, self.recipe.mask
-        epoch = check_call(loss_cfg, name_of(loss_cfg), teacher_logits, epoch)
+        epoch = check_call(loss_cfg, teacher_logits, epoch)
         if self.check_inputs is not False:  # "auto": the labels (read back from the device) once on CUDA
             labels = self.check_inputs is True or not target.is_cuda or not self._labels_checked
             validate_logits(student_logits, teacher_logits, target, labels=labels, classes=self.num_classes or None)
