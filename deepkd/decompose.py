@@ -26,7 +26,16 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-__all__ = ["Mode", "by_param_group", "decompose", "decompose_splits", "group_losses", "trainable", "zero_filled"]
+__all__ = [
+    "GradientBuffer",
+    "Mode",
+    "by_param_group",
+    "decompose",
+    "decompose_splits",
+    "group_losses",
+    "trainable",
+    "zero_filled",
+]
 
 Mode = Literal["sequential", "batched"]
 
@@ -136,3 +145,106 @@ def zero_filled(
         it = iter(group)
         filled.append([next(it) if a else torch.zeros_like(p) for a, p in zip(active, params)])
     return filled
+
+
+class GradientBuffer:
+    """Every gradient group's gradients over the parameters of every param group, held in one ``[groups, numel]``
+    tensor that lives for the whole run: per parameter a view that shares the parameter's strides (so the
+    ``torch._foreach_*`` kernels keep their fast path), and per param group a ``[groups, numel]`` slice in the
+    parameters' memory order (:func:`deepkd.gsnr.memory_positions`).
+
+    :meth:`load` copies a step's gradients in (one multi-tensor copy per group, zeros for parameters that take no
+    gradient this step); :meth:`sanitize` zeroes them all on a step the optimizer skips, on the device, without
+    reading anything back (``0 · NaN`` is NaN, so a skipped step's gradients must be zeros, not scaled). Parameters
+    of mixed dtypes or devices have no common buffer: the step's own gradient tensors are used instead.
+
+    >>> w, b = torch.nn.Parameter(torch.ones(2, 3)), torch.nn.Parameter(torch.ones(3))
+    >>> buf = GradientBuffer([[w, b]], groups=2)
+    >>> views = buf.load([[torch.full((2, 3), 2.0), torch.ones(3)], [torch.zeros(2, 3), torch.full((3,), 5.0)]],
+    ...                  [[True, True]])
+    >>> buf.data.shape, views[0][1][1].tolist()
+    (torch.Size([2, 9]), [5.0, 5.0, 5.0])
+    >>> _ = buf.sanitize(torch.tensor(False)); float(buf.data.abs().sum())
+    0.0
+    """
+
+    def __init__(self, param_groups: Sequence[Sequence[Tensor]], groups: int) -> None:
+        from deepkd.gsnr import dense_strides
+
+        self.groups = groups
+        self.param_groups = [list(ps) for ps in param_groups]
+        params = [p for ps in self.param_groups for p in ps]
+        uniform = bool(params) and all(p.dtype == params[0].dtype and p.device == params[0].device for p in params)
+        self.data: Tensor | None = None
+        self.views: list[list[Tensor]] = []  # [group][param], every param of every param group
+        self.flat: list[Tensor] | None = None  # per param group: [groups, numel] slices
+        self._cache: dict[tuple[tuple[bool, ...], ...], Any] = {}
+        if not uniform:
+            return
+        total = sum(p.numel() for p in params)
+        self.data = torch.zeros(groups, total, dtype=params[0].dtype, device=params[0].device)
+        base = self.data.storage_offset()
+        for b in range(groups):
+            views, start = [], base + b * total
+            for p in params:
+                views.append(torch.as_strided(self.data, tuple(p.shape), dense_strides(p), start))
+                start += p.numel()
+            self.views.append(views)
+        self.flat, start = [], 0
+        for ps in self.param_groups:
+            n = sum(p.numel() for p in ps)
+            self.flat.append(self.data[:, start : start + n])
+            start += n
+
+    def _layout(self, active: Sequence[Sequence[bool]]) -> Any:
+        """For one pattern of trainable parameters: the views to copy into, those to zero, and both per param
+        group (trainable only, and all with zeros for the others)."""
+        key = tuple(tuple(a) for a in active)
+        if key not in self._cache:
+            flags = [a for act in active for a in act]
+            into = [[v for v, a in zip(views, flags) if a] for views in self.views]
+            zero = [v for views in self.views for v, a in zip(views, flags) if not a]
+            per_group, full, start = [], [], 0
+            for act in active:
+                n = len(act)
+                full.append([views[start : start + n] for views in self.views])
+                per_group.append([[v for v, a in zip(views[start : start + n], act) if a] for views in self.views])
+                start += n
+            self._cache[key] = (into, zero, per_group, full)
+        return self._cache[key]
+
+    def load(
+        self, grads: Sequence[Sequence[Tensor]], active: Sequence[Sequence[bool]]
+    ) -> list[list[list[Tensor]]]:
+        """Copy ``grads[group][trainable param]`` in; returns the gradients ``[param group][group][trainable
+        param]`` the update reads (views of the buffer, or ``grads`` themselves without one)."""
+        if self.data is None:
+            return by_param_group([list(g) for g in grads], active)
+        into, zero, per_group, _ = self._layout(active)
+        for views, g in zip(into, grads):
+            if views:
+                torch._foreach_copy_(views, list(g))
+        if zero:
+            torch._foreach_zero_(zero)
+        return per_group  # type: ignore[no-any-return]
+
+    def full(
+        self, grads: Sequence[Sequence[Sequence[Tensor]]], active: Sequence[Sequence[bool]]
+    ) -> list[list[list[Tensor]]]:
+        """The gradients of every parameter ``[param group][group][param]``, zeros for those that take none (what
+        an offset rule sees); ``grads`` is what :meth:`load` returned."""
+        if self.data is None:
+            return [zero_filled(g, act, ps) for g, act, ps in zip(grads, active, self.param_groups)]
+        return self._layout(active)[3]  # type: ignore[no-any-return]
+
+    def sanitize(self, ok: Tensor, grads: Sequence[Sequence[Sequence[Tensor]]] = ()) -> Tensor | None:
+        """Zero every gradient where the 0-dim bool ``ok`` is False (on the device); returns the buffer (``None``
+        without one, when the tensors in ``grads`` are zeroed one by one instead)."""
+        skip = ~ok
+        if self.data is not None:
+            return self.data.masked_fill_(skip, 0)
+        for per_group in grads:
+            for group in per_group:
+                for g in group:
+                    g.masked_fill_(skip, 0)
+        return None

@@ -180,7 +180,7 @@ class ProgressBar(Callback):
         if self.bar is None:
             return
         self.bar.update()
-        if not self.bar.disable and trainer.global_step % 10 == 0:
+        if not self.bar.disable and trainer.global_step % trainer.config.log_every == 0:  # reading waits for the device
             self.bar.set_postfix(loss=f"{out.loss:.4f}", k=out.k, lr=f"{trainer.last_lr:.3g}", refresh=False)
 
     def on_epoch_end(self, trainer: TrainerView, metrics: dict[str, Any]) -> None:

@@ -17,9 +17,10 @@ smoothed over steps (an exponential moving average with a time constant of ``hor
 - Transition (``a1 ≤ acc < a2``): K grows linearly in ``acc`` from K_min to K_max
 - Hard (``acc ≥ a2``): K = K_max = round(hard · C), clipped to C − 1 (the default ``hard = 1`` means no masking)
 
-K is updated every step and never decreases. Because the smoothed accuracy moves by at most 1/``horizon`` per step,
-K grows by at most ⌈(K_max − K_min) / ((a2 − a1) · horizon)⌉ classes per step: the NCKD term never switches on at
-full weight in one step. The paper gives no K values; these are deepkd's own. Rounding is half up everywhere.
+K is updated every step, on the device (the optimizer never reads it back), and never decreases. Because the
+smoothed accuracy moves by at most 1/``horizon`` per step, K grows by at most ⌈(K_max − K_min) / ((a2 − a1) ·
+horizon)⌉ classes per step: the NCKD term never switches on at full weight in one step. The paper gives no K
+values; these are deepkd's own. Rounding is half up everywhere.
 
 >>> import torch
 >>> teacher = torch.tensor([[0.0, 3.0, 1.0, 2.0]])
@@ -39,7 +40,6 @@ import torch
 from attrs import validators as v
 from torch import Tensor
 
-from deepkd.distributed import sum_over_ranks
 from deepkd.losses import MASK_FORMS, Keep, MaskForm
 from deepkd.registry import register_mask
 from deepkd.validators import integer, real
@@ -55,7 +55,9 @@ __all__ = [
     "TRANSITION",
     "MaskState",
     "dynamic_k",
+    "dynamic_k_of",
     "k_range",
+    "rank_keep_mask",
     "phase_of",
     "round_half_up",
     "static_k",
@@ -76,7 +78,9 @@ def round_half_up(x: float) -> int:
 
 
 class MaskState(NamedTuple):
-    """State of a mask strategy: the current K and phase, and the smoothed training accuracy."""
+    """State of a mask strategy: the current K and phase, and the smoothed training accuracy. The optimizer moves it
+    to the logits' device at the first step; strategies change its tensors in place (a captured step replays the
+    same memory)."""
 
     k: Tensor  # int64 scalar; K >= C - 1 means no masking
     phase: Tensor  # int64 scalar; NO_PHASE, EASY, TRANSITION or HARD
@@ -110,6 +114,18 @@ def topk_keep_mask(teacher: Tensor, target: Tensor, k: int) -> Tensor | None:
     keep = torch.zeros_like(z, dtype=torch.bool)
     keep.scatter_(1, order[:, :k], True)
     return keep
+
+
+def rank_keep_mask(teacher: Tensor, target: Tensor, k: Tensor) -> Tensor:
+    """:func:`topk_keep_mask` for a K held on the device (a 0-dim integer tensor), without reading it back: each
+    class's rank in the teacher's order (target excluded, ties by class index) compared with K. The same kept set
+    as ``topk_keep_mask(teacher, target, int(k))``, all non-target classes when ``k ≥ C − 1``."""
+    classes = teacher.shape[1]
+    z = teacher.detach().float().scatter(1, target.long()[:, None], float("-inf"))
+    order = torch.sort(z, dim=1, descending=True, stable=True).indices
+    positions = torch.arange(classes, device=order.device).expand_as(order)
+    rank = torch.empty_like(order).scatter_(1, order, positions)
+    return (rank < k).scatter_(1, target.long()[:, None], False)
 
 
 def static_k(num_classes: int, k: int | None = None, fraction: float = 0.25) -> int:
@@ -162,6 +178,26 @@ def dynamic_k(
     return round_half_up(k_min + frac * (k_max - k_min)), phase
 
 
+def dynamic_k_of(
+    accuracy: Tensor,
+    num_classes: int,
+    thresholds: tuple[float, float] = (0.30, 0.60),
+    easy: float = 0.1,
+    hard: float = 1.0,
+    form: MaskForm = "bucket",
+) -> tuple[Tensor, Tensor]:
+    """:func:`dynamic_k` of an accuracy held on the device (a float64 0-dim tensor): ``(K, phase)`` as int64
+    tensors on its device, the same numbers, computed without reading anything back."""
+    a1, a2 = thresholds
+    k_min, k_max = k_range(num_classes, easy, hard, form)
+    frac = (accuracy - a1) / (a2 - a1)
+    k_mid = torch.floor(frac * (k_max - k_min) + k_min + 0.5).to(torch.int64)
+    easy_phase, hard_phase = accuracy < a1, accuracy >= a2
+    k = torch.where(easy_phase, k_min, torch.where(hard_phase, k_max, k_mid))
+    phase = torch.where(easy_phase, EASY, torch.where(hard_phase, HARD, TRANSITION))
+    return k, phase
+
+
 def max_k_step(num_classes: int, cfg: DynamicMask) -> int:
     """The most K can grow in one step under ``cfg`` (the smoothed accuracy moves by at most 1/horizon a step)."""
     k_min, k_max = k_range(num_classes, cfg.easy, cfg.hard, cfg.form)
@@ -169,15 +205,17 @@ def max_k_step(num_classes: int, cfg: DynamicMask) -> int:
     return math.ceil((k_max - k_min) / ((a2 - a1) * cfg.horizon)) + 1
 
 
-def smooth_accuracy(state: MaskState, hits: Tensor, samples: int, horizon: int) -> MaskState:
+def smooth_accuracy(state: MaskState, hits: Tensor, samples: Tensor | int, horizon: int) -> MaskState:
     """Fold one batch's training top-1 ``hits`` out of ``samples`` into the moving average (time constant
-    ``horizon`` steps). Counts are all-reduced across ranks when torch.distributed runs more than one process, so
-    every rank sees the same accuracy and the same K."""
-    counts = torch.stack([hits.detach().to(state.accuracy), torch.tensor(float(samples)).to(state.accuracy)])
-    counts = sum_over_ranks(counts)
-    batch_acc = counts[0] / counts[1].clamp_min(1.0)
-    acc = state.accuracy + (batch_acc - state.accuracy) / horizon
-    return state._replace(accuracy=acc, steps=state.steps + 1)
+    ``horizon`` steps), in place. The optimizer passes the counts of the global batch in a distributed run, and zero
+    samples on a skipped step, which observes nothing."""
+    acc = state.accuracy
+    batch_acc = hits.to(acc) / (samples.to(acc).clamp_min(1.0) if isinstance(samples, Tensor) else max(samples, 1))
+    delta = (batch_acc - acc) / horizon
+    seen = samples > 0
+    acc.add_(torch.where(seen, delta, 0.0) if isinstance(seen, Tensor) else (delta if seen else 0.0))
+    state.steps.add_(seen if isinstance(seen, Tensor) else int(seen))
+    return state
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -185,9 +223,10 @@ def smooth_accuracy(state: MaskState, hits: Tensor, samples: int, horizon: int) 
 
 
 def keep_mask(state: MaskState, teacher: Tensor, target: Tensor, form: MaskForm = "bucket") -> Keep | None:
-    """The :class:`~deepkd.losses.Keep` mask for the state's current K (``None`` when K ≥ C − 1)."""
-    keep = topk_keep_mask(teacher, target, int(state.k))
-    return None if keep is None else Keep(keep, form)
+    """The :class:`~deepkd.losses.Keep` mask for the state's current K, held on the device (all non-target classes
+    once K ≥ C − 1: NCKD then equals the unmasked one up to rounding). Strategies whose K is fixed know it on the
+    host and say so with a ``keep`` method of their own."""
+    return Keep(rank_keep_mask(teacher, target, state.k), form)
 
 
 _form = v.in_(MASK_FORMS)
@@ -203,7 +242,10 @@ class NoMask:
     def init(self, num_classes: int) -> MaskState:
         return new_state(num_classes - 1, NO_PHASE)
 
-    def observe(self, state: MaskState, hits: Tensor, samples: int, num_classes: int) -> MaskState:
+    def keep(self, state: MaskState, teacher: Tensor, target: Tensor) -> Keep | None:
+        return None
+
+    def observe(self, state: MaskState, hits: Tensor, samples: Tensor | int, num_classes: int) -> MaskState:
         return state
 
 
@@ -222,7 +264,11 @@ class StaticMask:
     def init(self, num_classes: int) -> MaskState:
         return new_state(static_k(num_classes, self.k, self.fraction), NO_PHASE)
 
-    def observe(self, state: MaskState, hits: Tensor, samples: int, num_classes: int) -> MaskState:
+    def keep(self, state: MaskState, teacher: Tensor, target: Tensor) -> Keep | None:
+        mask = topk_keep_mask(teacher, target, static_k(teacher.shape[1], self.k, self.fraction))
+        return None if mask is None else Keep(mask, self.form)
+
+    def observe(self, state: MaskState, hits: Tensor, samples: Tensor | int, num_classes: int) -> MaskState:
         return state
 
 
@@ -260,7 +306,12 @@ class DynamicMask:
     def init(self, num_classes: int) -> MaskState:
         return new_state(k_range(num_classes, self.easy, self.hard, self.form)[0], EASY)
 
-    def observe(self, state: MaskState, hits: Tensor, samples: int, num_classes: int) -> MaskState:
+    def keep(self, state: MaskState, teacher: Tensor, target: Tensor) -> Keep | None:
+        return keep_mask(state, teacher, target, self.form)
+
+    def observe(self, state: MaskState, hits: Tensor, samples: Tensor | int, num_classes: int) -> MaskState:
         state = smooth_accuracy(state, hits, samples, self.horizon)
-        k, phase = dynamic_k(float(state.accuracy), num_classes, self.thresholds, self.easy, self.hard, self.form)
-        return state._replace(k=torch.clamp(state.k, min=k), phase=torch.clamp(state.phase, min=phase))
+        k, phase = dynamic_k_of(state.accuracy, num_classes, self.thresholds, self.easy, self.hard, self.form)
+        state.k.copy_(torch.maximum(state.k, k))
+        state.phase.copy_(torch.maximum(state.phase, phase))
+        return state

@@ -12,7 +12,7 @@ losses are sample-weighted means. Top-5 is top-``min(5, classes)`` when there ar
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -140,36 +140,46 @@ class EpochMeter:
     """Sample-weighted means of the loss parts and the train top-1/top-5 of one epoch, and the last step's
     read-outs (momenta, GSNR, K, phase). Skipped non-finite steps are counted, not averaged.
 
-    On a distributed run :meth:`summary` sums the parts, hits and samples of every rank (collective), so the means
-    are those of the global batch."""
+    The sums stay on the device and are read once, by :meth:`summary` (or a mid-epoch :meth:`state_dict`), so
+    metering a step never waits for the device. On a distributed run :meth:`summary` sums the parts, hits and
+    samples of every rank (collective), so the means are those of the global batch."""
 
-    def __init__(self, device: torch.device) -> None:
-        self.parts: dict[str, float] = {}
-        self.hits = torch.zeros(2, dtype=torch.int64, device=device)
-        self.samples = 0
-        self.skipped = 0
+    def __init__(self, device: torch.device, part_names: Sequence[str] = ()) -> None:
+        self.names = list(part_names)
+        # [Σ n·part..., top-1 hits, top-5 hits, samples, skipped steps], float64 on the device
+        self.sums = torch.zeros(len(self.names) + 4, dtype=torch.float64, device=device)
         self.last: StepOutput | None = None
 
     def update(self, out: StepOutput, logits: Tensor, target: Tensor) -> None:
+        """Add one step's values (``out.tensor`` starts with the step's loss parts and ends with its skipped flag);
+        nothing is read back."""
         self.last = out
-        if out.skipped:
-            self.skipped += 1
-            return
-        n = len(target)
-        for part, value in {**out.parts, "total": out.loss}.items():
-            self.parts[part] = self.parts.get(part, 0.0) + value * n
-        self.hits += topk_hits(logits, target)
-        self.samples += n
+        values = out.tensor
+        applied = values[-1] == 0
+        weight = torch.where(applied, float(len(target)), 0.0)
+        losses = torch.where(applied, values[: len(self.names)], 0.0) * weight
+        hits = topk_hits(logits, target).double() * applied
+        self.sums += torch.cat([losses, hits, weight.view(1), (~applied).double().view(1)])
+
+    def _read(self, over_ranks: bool = False) -> tuple[dict[str, float], list[float], int, int]:
+        sums = sum_over_ranks(self.sums) if over_ranks and is_distributed() else self.sums
+        values = sums.tolist()
+        k = len(self.names)
+        parts = dict(zip(self.names, values[:k]))
+        parts["total"] = sum(values[:k])
+        return parts, values[k : k + 2], int(values[k + 2]), int(values[k + 3])
 
     def state_dict(self) -> dict[str, Any]:
         """The sums so far, as plain data (for mid-epoch checkpoints)."""
-        return {"parts": dict(self.parts), "hits": self.hits.tolist(), "samples": self.samples, "skipped": self.skipped}
+        parts, hits, samples, skipped = self._read()
+        return {"parts": parts, "hits": [int(h) for h in hits], "samples": samples, "skipped": skipped}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue from :meth:`state_dict`."""
-        self.parts = {str(k): float(v) for k, v in state["parts"].items()}
-        self.hits = torch.tensor([int(h) for h in state["hits"]], dtype=torch.int64, device=self.hits.device)
-        self.samples, self.skipped = int(state["samples"]), int(state["skipped"])
+        parts = {str(k): float(v) for k, v in state["parts"].items()}
+        values = [parts.get(name, 0.0) for name in self.names]
+        values += [float(h) for h in state["hits"]] + [float(state["samples"]), float(state["skipped"])]
+        self.sums.copy_(torch.tensor(values, dtype=torch.float64))
 
     def summary(self) -> dict[str, Any]:
         """The training half of an epoch record (NaN means when every step was skipped).
@@ -180,22 +190,17 @@ class EpochMeter:
         last = self.last
         if last is None:
             raise DataError("the train_loader yielded no batches this epoch")
-        parts, hits, samples = self.parts, self.hits.tolist(), self.samples
-        if is_distributed():  # every rank has the same parts (one recipe), in the order of its last step
-            keys = [*last.parts, "total"]
-            local = torch.tensor([*(parts.get(k, 0.0) for k in keys), *hits, samples], dtype=torch.float64)
-            *sums, top1_hits, top5_hits, count = sum_over_ranks(local).tolist()
-            parts = dict(zip(keys, sums)) if count else {}
-            hits, samples = [top1_hits, top5_hits], int(count)
+        sums, hits, samples, skipped = self._read(over_ranks=True)
         n = samples or math.nan
-        top1, top5 = (h / n for h in hits)
+        top1_hits, top5_hits = hits
+        parts = {name: s / n for name, s in sums.items()} if samples else {"total": math.nan}
         return {
-            "loss": {k: s / n for k, s in parts.items()} or {"total": math.nan},
-            "train_top1": top1,
-            "train_top5": top5,
+            "loss": parts,
+            "train_top1": top1_hits / n,
+            "train_top5": top5_hits / n,
             "momentum": dict(last.momenta),
             "gsnr": None if last.gsnr is None else dict(last.gsnr),
             "k": last.k,
             "phase": last.phase,
-            "skipped": self.skipped,
+            "skipped": int(skipped),
         }

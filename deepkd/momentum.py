@@ -54,6 +54,7 @@ from deepkd.gsnr import (
     stream_fold,
     stream_init,
     stream_sample,
+    stream_sample_flat,
     stream_sums,
 )
 from deepkd.registry import register_momentum
@@ -66,8 +67,10 @@ __all__ = [
     "FixedOffsets",
     "MomentumState",
     "OffsetRule",
+    "Coefficient",
     "Plan",
     "StepContext",
+    "apply_directions",
     "check_hyperparameters",
     "direction",
     "gsnr_offsets",
@@ -85,26 +88,31 @@ Grads = Sequence[Sequence[Tensor]]  # [group][param]
 
 
 class MomentumState(NamedTuple):
-    """Buffers ``[group][param]`` and the number of updates applied (0 before the first step)."""
+    """Buffers ``[group][param]`` and the number of updates taken so far (0 before the first step; a host-side
+    count, so that deciding the first step never reads the device)."""
 
-    step: Tensor  # int64 scalar
+    step: int
     buffers: tuple[tuple[Tensor, ...], ...]
+
+
+#: a momentum coefficient: a number, or a 0-dim tensor on the parameters' device (coefficients a rule moves during
+#: the run stay on the device, so that no step waits to read them)
+Coefficient = float | Tensor
 
 
 def init(params: Sequence[Tensor], groups: int) -> MomentumState:
     """Zero buffers for ``groups`` groups over ``params``; shapes stay fixed for the whole run."""
     if groups < 1:
         raise ValueError(f"groups must be >= 1, got {groups}")
-    device = params[0].device if params else "cpu"
     return MomentumState(
-        step=torch.zeros((), dtype=torch.int64, device=device),
+        step=0,
         buffers=tuple(
             tuple(torch.zeros_like(p, memory_format=torch.preserve_format) for p in params) for _ in range(groups)
         ),
     )
 
 
-def _check(state: MomentumState, params: Sequence[Tensor], grads: Grads, coefficients: Sequence[float]) -> None:
+def _check(state: MomentumState, params: Sequence[Tensor], grads: Grads, coefficients: Sequence[Coefficient]) -> None:
     if not (len(grads) == len(state.buffers) == len(coefficients)):
         raise ValueError(
             f"got {len(grads)} gradient groups and {len(coefficients)} coefficients for {len(state.buffers)} buffers"
@@ -118,33 +126,39 @@ def update(
     state: MomentumState,
     params: Sequence[Tensor],
     grads: Grads,
-    coefficients: Sequence[float],
+    coefficients: Sequence[Coefficient],
     *,
-    lr: float,
+    lr: float | Tensor,
     dampening: float = 0.0,
     weight_decay: float = 0.0,
     nesterov: bool = False,
     decay_group: int = 0,
     foreach: bool = False,
+    gate: Tensor | None = None,
 ) -> MomentumState:
     """One step: update each group's buffer with its coefficient and move the parameters in place.
 
     Args:
         params: the parameters (updated in place).
         grads: one gradient per group and parameter.
-        coefficients: one momentum coefficient per group.
+        coefficients: one momentum coefficient per group: a number or a 0-dim tensor on the parameters' device.
+        lr: a number, or a 0-dim tensor on the parameters' device (what a captured step, whose graph cannot hold a
+            number that changes, reads).
         decay_group: the group whose gradient receives the weight-decay term (the one holding ``task``).
         foreach: use the multi-tensor ``torch._foreach_*`` kernels.
+        gate: a 0-dim bool tensor on the device: where it is False, buffers and parameters keep their values (a
+            step skipped on the device, without reading anything back). The gradients of such a step must be finite
+            (the optimizer zeroes them): ``0 · NaN`` is NaN.
     """
     hyper = (dampening, weight_decay, nesterov, decay_group)
-    return _buffers_step(state, params, grads, coefficients, lr, *hyper, foreach=foreach, out=None)
+    return _buffers_step(state, params, grads, coefficients, lr, *hyper, foreach=foreach, out=None, gate=gate)
 
 
 def direction(
     state: MomentumState,
     params: Sequence[Tensor],
     grads: Grads,
-    coefficients: Sequence[float],
+    coefficients: Sequence[Coefficient],
     *,
     out: Sequence[Tensor],
     dampening: float = 0.0,
@@ -152,24 +166,27 @@ def direction(
     nesterov: bool = False,
     decay_group: int = 0,
     foreach: bool = False,
+    gate: Tensor | None = None,
 ) -> MomentumState:
     r""":func:`update`'s buffer update, with the summed direction :math:`\sum_b d_b` written into ``out`` (one tensor
     per parameter) instead of applied: :func:`update` moves each parameter by ``-lr`` times it. The parameters are
     read (weight decay), not changed. Every step of it is linear in ``grads`` and the buffers, so the mean over
     ranks of directions and buffers fed by each rank's own gradients equals those of one process on all of them.
+    With a ``gate`` the buffers keep their values where it is False; ``out`` is written either way (the caller
+    gates the parameters' move).
     """
     if len(out) != len(params):
         raise ValueError(f"got {len(out)} direction tensors for {len(params)} parameters")
     hyper = (dampening, weight_decay, nesterov, decay_group)
-    return _buffers_step(state, params, grads, coefficients, 0.0, *hyper, foreach=foreach, out=out)
+    return _buffers_step(state, params, grads, coefficients, 0.0, *hyper, foreach=foreach, out=out, gate=gate)
 
 
 def _buffers_step(
     state: MomentumState,
     params: Sequence[Tensor],
     grads: Grads,
-    coefficients: Sequence[float],
-    lr: float,
+    coefficients: Sequence[Coefficient],
+    lr: float | Tensor,
     dampening: float,
     weight_decay: float,
     nesterov: bool,
@@ -177,117 +194,193 @@ def _buffers_step(
     *,
     foreach: bool,
     out: Sequence[Tensor] | None,
+    gate: Tensor | None,
 ) -> MomentumState:
     """What :func:`update` and :func:`direction` share: the checks, the kernel choice and the step count."""
     _check(state, params, grads, coefficients)
-    first = int(state.step) == 0
     kernel = _update_foreach if foreach else _update_single
     with torch.no_grad():
-        kernel(
-            params, grads, state.buffers, coefficients, lr, dampening, weight_decay, nesterov, decay_group, first, out
-        )
+        directions = kernel(
+            params, grads, state.buffers, coefficients, dampening, weight_decay, nesterov, decay_group,
+            state.step == 0, gate,
+        )  # fmt: skip
+        if out is not None:
+            _sum_into(out, directions, foreach)
+        else:
+            apply_directions(params, directions, lr, gate, foreach)
     return state._replace(step=state.step + 1)
+
+
+def _buffer_coefficient(m: Coefficient, gate: Tensor | None) -> Coefficient:
+    """The coefficient a buffer is multiplied by: ``m``, or 1 where the step is gated off (its gradient is zero)."""
+    return m if gate is None else torch.where(gate, m, 1.0)
 
 
 def _update_single(
     params: Sequence[Tensor],
     grads: Grads,
     buffers: Sequence[Sequence[Tensor]],
-    coefficients: Sequence[float],
-    lr: float,
+    coefficients: Sequence[Coefficient],
     dampening: float,
     weight_decay: float,
     nesterov: bool,
     decay_group: int,
     first: bool,
-    out: Sequence[Tensor] | None = None,
-) -> None:
-    for i, p in enumerate(params):
-        directions = []
-        for b, m in enumerate(coefficients):  # every buffer first: weight decay sees the parameter before the step
+    gate: Tensor | None,
+) -> list[list[Tensor]]:
+    """Per-tensor buffer update; returns each group's step direction ``[group][param]`` (the buffers themselves,
+    or Nesterov's ``g + m·v``). Weight decay sees the parameters before the step."""
+    directions: list[list[Tensor]] = []
+    for b, m in enumerate(coefficients):
+        m_buf = _buffer_coefficient(m, gate)
+        group = []
+        for i, p in enumerate(params):
             g = grads[b][i]
             if b == decay_group and weight_decay != 0:
                 g = g.add(p, alpha=weight_decay)
             buf = buffers[b][i]
-            if first or m == 0:  # torch.optim.SGD without momentum moves by the raw gradient
+            if first or (not isinstance(m, Tensor) and m == 0):  # torch.optim.SGD without momentum: the raw gradient
                 buf.copy_(g)
+            elif isinstance(m, Tensor) and dampening != 0:  # a coefficient of 0 on the device: the raw gradient too
+                buf.mul_(m_buf).add_(g * torch.where(m == 0, 1.0, 1 - dampening))
             else:
-                buf.mul_(m).add_(g, alpha=1 - dampening)
-            directions.append(g.add(buf, alpha=m) if nesterov else buf)
-        if out is not None:  # the summed direction, for the caller to apply
-            out[i].copy_(directions[0])
-            for d in directions[1:]:
-                out[i].add_(d)
-            continue
-        for d in directions:  # in place, one buffer at a time: no temporary for the sum
-            p.add_(d, alpha=-lr)
+                buf.mul_(m_buf).add_(g, alpha=1 - dampening)
+            group.append(_nesterov(g, buf, m) if nesterov else buf)
+        directions.append(group)
+    return directions
+
+
+def _nesterov(g: Tensor, buf: Tensor, m: Coefficient) -> Tensor:
+    return g.add(buf, alpha=m) if not isinstance(m, Tensor) else g + buf * m
 
 
 def _update_foreach(
     params: Sequence[Tensor],
     grads: Grads,
     buffers: Sequence[Sequence[Tensor]],
-    coefficients: Sequence[float],
-    lr: float,
+    coefficients: Sequence[Coefficient],
     dampening: float,
     weight_decay: float,
     nesterov: bool,
     decay_group: int,
     first: bool,
-    out: Sequence[Tensor] | None = None,
-) -> None:
+    gate: Tensor | None,
+) -> list[list[Tensor]]:
+    """:func:`_update_single` with the multi-tensor ``torch._foreach_*`` kernels."""
     params = list(params)
+    directions: list[list[Tensor]] = []
     if not params:
-        return
-    directions = []
+        return [[] for _ in coefficients]
     for b, m in enumerate(coefficients):
         g = list(grads[b])
         if b == decay_group and weight_decay != 0:
             g = list(torch._foreach_add(g, params, alpha=weight_decay))
         buf = list(buffers[b])
-        if first or m == 0:  # torch.optim.SGD without momentum moves by the raw gradient
+        if first or (not isinstance(m, Tensor) and m == 0):  # torch.optim.SGD without momentum: the raw gradient
             torch._foreach_copy_(buf, g)
+        elif isinstance(m, Tensor) and dampening != 0:  # a coefficient of 0 on the device: the raw gradient too
+            torch._foreach_mul_(buf, _buffer_coefficient(m, gate))
+            torch._foreach_add_(buf, torch._foreach_mul(g, torch.where(m == 0, 1.0, 1 - dampening)))
         else:
-            torch._foreach_mul_(buf, m)
+            torch._foreach_mul_(buf, _buffer_coefficient(m, gate))
             torch._foreach_add_(buf, g, alpha=1 - dampening)
-        directions.append(list(torch._foreach_add(g, buf, alpha=m)) if nesterov else buf)
-    if out is not None:  # the summed direction, for the caller to apply
-        torch._foreach_copy_(list(out), directions[0])
+        if not nesterov:
+            directions.append(buf)
+        elif isinstance(m, Tensor):
+            d = list(torch._foreach_mul(buf, m))
+            torch._foreach_add_(d, g)
+            directions.append(d)
+        else:
+            directions.append(list(torch._foreach_add(g, buf, alpha=m)))
+    return directions
+
+
+def _sum_into(out: Sequence[Tensor], directions: Sequence[Sequence[Tensor]], foreach: bool) -> None:
+    """``out[i] = Σ_b directions[b][i]``."""
+    if foreach and out:
+        torch._foreach_copy_(list(out), list(directions[0]))
         for d in directions[1:]:
-            torch._foreach_add_(list(out), d)
+            torch._foreach_add_(list(out), list(d))
         return
-    for d in directions:
-        torch._foreach_add_(params, d, alpha=-lr)
+    for i, o in enumerate(out):
+        o.copy_(directions[0][i])
+        for d in directions[1:]:
+            o.add_(d[i])
+
+
+def apply_directions(
+    params: Sequence[Tensor],
+    directions: Sequence[Sequence[Tensor]],
+    lr: float | Tensor,
+    gate: Tensor | None = None,
+    foreach: bool = False,
+) -> None:
+    """Move ``params`` by ``-lr`` times the sum of ``directions[b]`` (one list per buffer), in place.
+
+    Ungated with a numeric ``lr`` each direction is added in turn with ``alpha=-lr``, exactly as
+    :class:`torch.optim.SGD` moves its parameters. With a ``gate`` (0-dim bool tensor), the summed direction is
+    multiplied by it first (by 1 or 0: exact), so a gated-off step leaves the parameters as they are. A tensor
+    ``lr`` multiplies the direction on the device instead of being read.
+    """
+    params = list(params)
+    if not params:
+        return
+    if gate is None and not isinstance(lr, Tensor):
+        for d in directions:
+            if foreach:
+                torch._foreach_add_(params, list(d), alpha=-lr)
+            else:
+                for p, di in zip(params, d):
+                    p.add_(di, alpha=-lr)
+        return
+    if isinstance(lr, Tensor):
+        scale: Tensor = -lr if gate is None else torch.where(gate, -lr, 0.0)
+        alpha = 1.0
+    else:
+        scale, alpha = gate, -lr  # type: ignore[assignment]
+    if foreach:
+        total = list(torch._foreach_mul(list(directions[0]), scale))
+        for d in directions[1:]:
+            torch._foreach_add_(total, torch._foreach_mul(list(d), scale))
+        torch._foreach_add_(params, total, alpha=alpha)
+        return
+    for i, p in enumerate(params):
+        step = directions[0][i] * scale
+        for d in directions[1:]:
+            step = step + d[i] * scale
+        p.add_(step, alpha=alpha)
 
 
 def update_reference_quirks(
     state: MomentumState,
     params: Sequence[Tensor],
     grads: Grads,
-    coefficients: Sequence[float],
+    coefficients: Sequence[Coefficient],
     *,
-    lr: float,
+    lr: float | Tensor,
     dampening: float = 0.0,
     weight_decay: float = 0.0,
     nesterov: bool = False,
     decay_group: int = 1,
     foreach: bool = False,
+    gate: Tensor | None = None,
 ) -> MomentumState:
     """The official DeepKD code's update, for groups ``(task, tckd, nckd)`` with coefficients ``(m_TOG, m_TCG,
     m_NCG)``: the task buffer uses ``m_TCG``; updates apply task, NCKD, TCKD in that order, each moving the
     parameters; weight decay joins the gradient of ``decay_group`` (TCKD in the official code) at the parameter
-    reached by the updates before it.
+    reached by the updates before it. ``gate`` as in :func:`update`.
     """
     _check(state, params, grads, coefficients)
     if len(coefficients) != 3:
         raise ValueError("the official-code update needs exactly three groups: task, tckd, nckd")
-    first = int(state.step) == 0
+    first = state.step == 0
     m_tcg, m_ncg = coefficients[1], coefficients[2]
     kernel = _update_foreach if foreach else _update_single
     with torch.no_grad():
         for group, m in ((0, m_tcg), (2, m_ncg), (1, m_tcg)):
             decay = weight_decay if group == decay_group else 0.0
-            kernel(params, [grads[group]], [state.buffers[group]], [m], lr, dampening, decay, nesterov, 0, first)
+            d = kernel(params, [grads[group]], [state.buffers[group]], [m], dampening, decay, nesterov, 0, first, gate)
+            apply_directions(params, d, lr, gate, foreach)
     return state._replace(step=state.step + 1)
 
 
@@ -330,39 +423,49 @@ def step_param_groups(
     param_groups: Sequence[Mapping[str, Any]],
     grads: Sequence[Grads],
     active: Sequence[Sequence[bool]],
-    coefficients: Sequence[Sequence[float]],
+    coefficients: Sequence[Sequence[Coefficient]],
     foreach: bool | None = None,
     reduce: Callable[[list[Tensor]], None] | None = None,
+    *,
+    gate: Tensor | None = None,
+    lrs: Sequence[float | Tensor] | None = None,
 ) -> list[MomentumState]:
     """One update of every param group's trainable parameters (``active[i]`` flags them; ``grads[i]`` holds their
-    gradients per buffer) with ``plan``'s update and each group's ``lr``, ``dampening``, ``weight_decay`` and
-    ``nesterov``; returns the new states (buffers of frozen parameters are left as they are).
+    gradients per buffer) with ``plan``'s update and each group's ``lr`` (or ``lrs[i]``, e.g. a tensor a captured
+    step reads), ``dampening``, ``weight_decay`` and ``nesterov``; returns the new states (buffers of frozen
+    parameters are left as they are). ``gate`` as in :func:`update`.
 
     With ``reduce`` (an in-place mean over ranks), the buffers stay local: ``plan.direction`` computes every group's
     summed step direction into one flat buffer, ``reduce`` averages it with one collective, and the parameters move
     by ``-lr`` times the mean direction (the update is linear in the gradients). ``foreach=None`` picks the
     ``torch._foreach_*`` kernels for CUDA parameters.
     """
-    params = [[p for p, a in zip(g["params"], act) if a] for g, act in zip(param_groups, active)]
+    params = [
+        list(g["params"]) if all(act) else [p for p, a in zip(g["params"], act) if a]
+        for g, act in zip(param_groups, active)
+    ]
     directions, reduced = flat_like([p for ps in params for p in ps]) if reduce else ([], [])
     new_states, start = [], 0
-    for group, ps, act, state, g, coeffs in zip(param_groups, params, active, states, grads, coefficients):
-        sub = state._replace(buffers=tuple(tuple(b for b, a in zip(bufs, act) if a) for bufs in state.buffers))
+    for i, (group, ps, act, state, g, coeffs) in enumerate(
+        zip(param_groups, params, active, states, grads, coefficients)
+    ):
+        sub = state
+        if not all(act):
+            sub = state._replace(buffers=tuple(tuple(b for b, a in zip(bufs, act) if a) for bufs in state.buffers))
         hyper: dict[str, Any] = {k: group[k] for k in ("dampening", "weight_decay", "nesterov")}
-        hyper.update(
-            decay_group=plan.decay_group, foreach=foreach if foreach is not None else bool(ps and ps[0].is_cuda)
-        )
+        fe = foreach if foreach is not None else bool(ps and ps[0].is_cuda)
+        hyper.update(decay_group=plan.decay_group, foreach=fe, gate=gate)
         if reduce is not None and plan.direction is not None:
             new = plan.direction(sub, ps, g, coeffs, out=directions[start : start + len(ps)], **hyper)
         else:
-            new = plan.apply(sub, ps, g, coeffs, lr=group["lr"], **hyper)
+            new = plan.apply(sub, ps, g, coeffs, lr=group["lr"] if lrs is None else lrs[i], **hyper)
         new_states.append(state._replace(step=new.step))
         start += len(ps)
     if reduce is not None:
         reduce(reduced)
-        for group, ps in zip(param_groups, params):
-            if ps:
-                torch._foreach_add_(ps, directions[: len(ps)], alpha=-group["lr"])
+        for i, (group, ps) in enumerate(zip(param_groups, params)):
+            lr = group["lr"] if lrs is None else lrs[i]
+            apply_directions(ps, [directions[: len(ps)]], lr, gate, foreach=True)
             directions = directions[len(ps) :]
     return new_states
 
@@ -379,10 +482,11 @@ class StepContext(NamedTuple):
     """What the optimizer shows an offset rule at one step.
 
     Attributes:
-        step: the step being taken, counted from 1.
+        step: the step being taken, counted from 1 (every call of ``distill_step``, skipped steps included).
         grads: this step's gradients ``[param group][gradient group][param]``, with zeros for parameters that take
-            no gradient this step; ``None`` while probing (before they are taken). In a distributed run they are
-            this rank's own when ``local_grads`` is true, else averaged over ranks.
+            no gradient this step and zeros everywhere on a skipped step (``ok`` False); ``None`` while probing
+            (before they are taken). In a distributed run they are this rank's own when ``local_grads`` is true,
+            else averaged over ranks.
         split_gradients: ``split_gradients(m)`` takes each gradient group's gradient on ``m`` disjoint parts of the
             batch at the current parameters and returns ``([part][gradient group][trainable param], part sizes)``,
             or ``None`` when the batch has fewer than ``m`` samples. It costs ``m`` gradient products per group:
@@ -391,11 +495,18 @@ class StepContext(NamedTuple):
         local_grads: whether ``grads`` are this rank's own gradients (the optimizer's default ``sync="step"``, which
             all-reduces only the step direction) rather than their mean over ranks (``sync="grads"``, or a single
             process).
+        ok: a 0-dim bool tensor on the device, False on a step that is skipped (a non-finite loss): a rule must
+            then leave its state as it is (``torch.where(ctx.ok, new, old)``); ``None`` means the step is applied.
+            The optimizer never reads it back, so neither should a rule.
+        flat: per param group, its gradients as one ``[gradient groups, numel]`` tensor in the parameters' memory
+            order (the optimizer's gradient buffer, see :func:`deepkd.gsnr.memory_positions`), or ``None``.
+        sample: the mean over ranks of what the rule's ``sample`` returned for this step (see :class:`OffsetRule`);
+            ``None`` for a rule without one.
 
     Contract: every rank must return the same offsets, equal to one process's on the global batch. A rule that
-    derives anything from ``grads`` while ``local_grads`` is true must pass it through ``mean_over_ranks`` (or
-    reduce something linear in the gradients, whose mean is the global value) before it moves the offsets or the
-    state; split gradients are always local, so what is derived from them must be reduced too.
+    derives anything from ``grads`` while ``local_grads`` is true must average it over ranks: through ``sample``
+    (the values ride on the step's one small collective) or ``mean_over_ranks`` (a collective of its own); split
+    gradients are always local, so what is derived from them must be reduced too.
     """
 
     step: int
@@ -403,6 +514,9 @@ class StepContext(NamedTuple):
     split_gradients: SplitGradients
     mean_over_ranks: Callable[[Tensor], Tensor]
     local_grads: bool = False
+    ok: Tensor | None = None
+    flat: Sequence[Tensor] | None = None
+    sample: Tensor | None = None
 
 
 def no_split(splits: int) -> None:
@@ -414,25 +528,43 @@ def _unchanged(state: Any, ctx: StepContext) -> Any:
     return state
 
 
+def _never(step: int) -> bool:
+    return False
+
+
+Offsets = tuple[float, ...] | Tensor  # numbers, or a float64 tensor [groups] on the parameters' device
+
+
 class OffsetRule(NamedTuple):
     """A strategy's coefficient offsets as pure functions of a state (optax's ``init``/``update`` pattern).
 
     Attributes:
         init: ``init(params)``, with ``params[i]`` the parameters of param group ``i``, returns the rule's state:
             a NamedTuple of tensors (nested NamedTuples, tuples and ``None`` allowed), saved in the optimizer's
-            ``state_dict``.
+            ``state_dict``. Tensors that change during the run must be changed in place, never replaced (a
+            captured step replays the same memory; the optimizer refuses to capture a rule that replaces them).
         update: ``update(state, ctx) -> (offsets, state)``, called once per step after the gradients are taken;
-            the offsets (one per gradient group) set this step's coefficients ``momentum + offset``.
+            the offsets (one per gradient group) set this step's coefficients ``momentum + offset``: a tuple of
+            numbers, or a float64 tensor on the device for offsets computed from the gradients (never read back).
         probe: ``probe(state, ctx) -> state``, called once per step before the gradients are taken, at the same
             parameters; for measurements that need extra gradients (``ctx.split_gradients``).
         report_gsnr: ``report_gsnr(state)``, the GSNR per gradient group that the rule reports with each step
-            (``StepOutput.gsnr``), or ``None`` for a rule that measures none.
+            (``StepOutput.gsnr``; a tensor the rule updates in place), or ``None`` for a rule that measures none.
+        sample: ``sample(state, ctx) -> Tensor | None``, called after the gradients are taken and before
+            ``update``: values linear in this rank's gradients that every rank must agree on. The optimizer
+            averages them over ranks together with the step's other small values (one collective) and hands the
+            result to ``update`` as ``ctx.sample``.
+        special: ``special(step) -> bool``: whether ``probe`` or ``update`` does at ``step`` what it does not at
+            other steps (a GSNR estimate, a re-allocation): a captured graph of an ordinary step cannot stand in
+            for such a step, so it runs eagerly.
     """
 
     init: Callable[[Sequence[Sequence[Tensor]]], Any]
-    update: Callable[[Any, StepContext], tuple[tuple[float, ...], Any]]
+    update: Callable[[Any, StepContext], tuple[Offsets, Any]]
     probe: Callable[[Any, StepContext], Any] = _unchanged
     report_gsnr: Callable[[Any], Tensor] | None = None
+    sample: Callable[[Any, StepContext], Tensor | None] | None = None
+    special: Callable[[int], bool] = _never
 
 
 class NoState(NamedTuple):
@@ -627,7 +759,8 @@ class GSNREstimate(NamedTuple):
 
 
 class GSNRRuleState(NamedTuple):
-    """The ``gsnr`` strategy's state: its estimate, the GSNR behind the current offsets and the offsets."""
+    """The ``gsnr`` strategy's state: its estimate, the GSNR behind the current offsets and the offsets (tensors on
+    the parameters' device, changed in place)."""
 
     estimate: GSNREstimate
     last: Tensor  # float64 [groups]: NaN before the first estimate
@@ -635,15 +768,21 @@ class GSNRRuleState(NamedTuple):
 
 
 class Tracked(NamedTuple):
-    """The state of a rule wrapped by :func:`tracking_gsnr`."""
+    """The state of a rule wrapped by :func:`tracking_gsnr`: the rule's own, the estimate, and the GSNR of the last
+    estimation step (NaN before the first)."""
 
     rule: Any
     estimate: GSNREstimate
+    last: Tensor  # float64 [groups]
+
+
+def _device(params: Sequence[Sequence[Tensor]]) -> torch.device:
+    return next((p.device for ps in params for p in ps), torch.device("cpu"))
 
 
 def _estimate_init(cfg: GSNR, groups: int, params: Sequence[Sequence[Tensor]]) -> GSNREstimate:
     if cfg.estimator == "split":
-        return GSNREstimate((), split_init(groups))
+        return GSNREstimate((), split_init(groups, _device(params)))
     stream = tuple(stream_init(p, groups, fraction=cfg.fraction, seed=cfg.seed + i) for i, p in enumerate(params))
     return GSNREstimate(stream, None)
 
@@ -656,21 +795,40 @@ def _estimate_probe(cfg: GSNR, est: GSNREstimate, ctx: StepContext) -> GSNREstim
     if taken is None:
         return est
     sums = ctx.mean_over_ranks(torch.stack(split_sums(*taken)))  # every rank must allocate the same offsets
-    signal, noise = sums.double().cpu()
-    return est._replace(split=split_update(est.split, signal, noise, beta=cfg.decay))
+    split_update(est.split, sums[0], sums[1], beta=cfg.decay, gate=ctx.ok)
+    return est
 
 
-def _estimate_fold(cfg: GSNR, est: GSNREstimate, ctx: StepContext) -> GSNREstimate:
-    """The stream estimator folds in every step's gradients; local gradients' samples are averaged over ranks first
-    (one collective for every param group), so the moments are those of the global batch on every rank."""
+def _estimate_sample(est: GSNREstimate, ctx: StepContext) -> Tensor | None:
+    """The stream estimator's sample of this step's gradients, every param group's end to end (``None`` for the
+    split estimator): one gather per param group from the optimizer's gradient buffer."""
+    if not est.stream:
+        return None
+    if ctx.flat is not None:
+        samples = [stream_sample_flat(s, flat) for s, flat in zip(est.stream, ctx.flat)]
+    else:
+        assert ctx.grads is not None
+        samples = [torch.stack([stream_sample(s, g) for g in grads]) for s, grads in zip(est.stream, ctx.grads)]
+    return samples[0].reshape(-1) if len(samples) == 1 else torch.cat([x.reshape(-1) for x in samples])
+
+
+def _estimate_fold(cfg: GSNR, est: GSNREstimate, ctx: StepContext, sample: Tensor | None) -> GSNREstimate:
+    """The stream estimator folds in every step's gradients: the sample of the global batch's gradient (the
+    optimizer averages each rank's over ranks; a rule used on its own averages it here)."""
     if not est.stream:
         return est
-    assert ctx.grads is not None
-    samples = [torch.stack([stream_sample(s, g) for g in grads]) for s, grads in zip(est.stream, ctx.grads)]
-    if ctx.local_grads:
-        sizes = [x.shape[1] for x in samples]
-        samples = list(ctx.mean_over_ranks(torch.cat(samples, dim=1)).split(sizes, dim=1))
-    return est._replace(stream=tuple(stream_fold(s, x, beta=cfg.decay) for s, x in zip(est.stream, samples)))
+    x = sample
+    if x is None:
+        x = _estimate_sample(est, ctx)
+        assert x is not None
+        if ctx.local_grads:
+            x = ctx.mean_over_ranks(x)
+    start = 0
+    for s in est.stream:
+        n = s.m1.numel()
+        stream_fold(s, x[start : start + n].view_as(s.m1), beta=cfg.decay, gate=ctx.ok)
+        start += n
+    return est
 
 
 def _estimate_ratios(cfg: GSNR, est: GSNREstimate) -> Tensor:
@@ -681,39 +839,75 @@ def _estimate_ratios(cfg: GSNR, est: GSNREstimate) -> Tensor:
 
 
 def gsnr_offsets(cfg: GSNR, groups: int) -> OffsetRule:
-    """The ``gsnr`` strategy's rule: every ``interval`` steps, the offsets are re-allocated from the GSNR estimate."""
+    """The ``gsnr`` strategy's rule: every ``interval`` steps, the offsets are re-allocated from the GSNR estimate,
+    on the device (the coefficients are never read back)."""
 
     def init(params: Sequence[Sequence[Tensor]]) -> GSNRRuleState:
-        nan = torch.full((groups,), math.nan, dtype=torch.float64)
-        return GSNRRuleState(_estimate_init(cfg, groups, params), nan, torch.zeros(groups, dtype=torch.float64))
+        device = _device(params)
+        nan = torch.full((groups,), math.nan, dtype=torch.float64, device=device)
+        zeros = torch.zeros(groups, dtype=torch.float64, device=device)
+        return GSNRRuleState(_estimate_init(cfg, groups, params), nan, zeros)
 
     def probe(state: GSNRRuleState, ctx: StepContext) -> GSNRRuleState:
-        return state._replace(estimate=_estimate_probe(cfg, state.estimate, ctx))
+        _estimate_probe(cfg, state.estimate, ctx)
+        return state
 
-    def update(state: GSNRRuleState, ctx: StepContext) -> tuple[tuple[float, ...], GSNRRuleState]:
-        state = state._replace(estimate=_estimate_fold(cfg, state.estimate, ctx))
+    def sample(state: GSNRRuleState, ctx: StepContext) -> Tensor | None:
+        return _estimate_sample(state.estimate, ctx)
+
+    def update(state: GSNRRuleState, ctx: StepContext) -> tuple[Offsets, GSNRRuleState]:
+        _estimate_fold(cfg, state.estimate, ctx, ctx.sample)
         if ctx.step % cfg.interval == 0:
             last = _estimate_ratios(cfg, state.estimate)
-            state = state._replace(last=last, offsets=torch.tensor(cfg.allocate(last), dtype=torch.float64))
-        return tuple(state.offsets.tolist()), state
+            state.last.copy_(last)
+            state.offsets.copy_(allocate(last, cfg.delta, cfg.allocation, cfg.scale))
+        return state.offsets, state
 
-    return OffsetRule(init, update, probe, report_gsnr=lambda state: state.last)
+    def special(step: int) -> bool:
+        return step % cfg.interval == 0
+
+    return OffsetRule(init, update, probe, lambda state: state.last, sample, special)
 
 
 def tracking_gsnr(rule: OffsetRule, cfg: GSNR, groups: int) -> OffsetRule:
     """``rule``, also measuring each gradient group's GSNR with ``cfg``'s estimator for the logs (the offsets are
-    ``rule``'s). A rule that reports GSNR itself is returned as it is."""
+    ``rule``'s). The GSNR it reports is re-estimated every ``cfg.interval`` steps, as the ``gsnr`` strategy does
+    (NaN before the first estimate). A rule that reports GSNR itself is returned as it is."""
     if rule.report_gsnr is not None:
         return rule
+    inner_sample = rule.sample
 
     def init(params: Sequence[Sequence[Tensor]]) -> Tracked:
-        return Tracked(rule.init(params), _estimate_init(cfg, groups, params))
+        nan = torch.full((groups,), math.nan, dtype=torch.float64, device=_device(params))
+        return Tracked(rule.init(params), _estimate_init(cfg, groups, params), nan)
 
     def probe(state: Tracked, ctx: StepContext) -> Tracked:
-        return Tracked(rule.probe(state.rule, ctx), _estimate_probe(cfg, state.estimate, ctx))
+        _estimate_probe(cfg, state.estimate, ctx)
+        return state._replace(rule=rule.probe(state.rule, ctx))
 
-    def update(state: Tracked, ctx: StepContext) -> tuple[tuple[float, ...], Tracked]:
-        offsets, inner = rule.update(state.rule, ctx)
-        return offsets, Tracked(inner, _estimate_fold(cfg, state.estimate, ctx))
+    def own_size(state: Tracked) -> int:
+        return sum(s.m1.numel() for s in state.estimate.stream)
 
-    return OffsetRule(init, update, probe, report_gsnr=lambda state: _estimate_ratios(cfg, state.estimate))
+    def sample(state: Tracked, ctx: StepContext) -> Tensor | None:
+        own = _estimate_sample(state.estimate, ctx)
+        theirs = None if inner_sample is None else inner_sample(state.rule, ctx)
+        if theirs is None or own is None:
+            return own if theirs is None else theirs
+        return torch.cat([own, theirs])
+
+    def update(state: Tracked, ctx: StepContext) -> tuple[Offsets, Tracked]:
+        own = theirs = None
+        if ctx.sample is not None:  # the optimizer's mean over ranks of sample(): ours first, then the rule's
+            n = own_size(state)
+            own = ctx.sample[:n] if n else None
+            theirs = ctx.sample[n:] if inner_sample is not None else None
+        offsets, inner = rule.update(state.rule, ctx._replace(sample=theirs))
+        _estimate_fold(cfg, state.estimate, ctx, own)
+        if ctx.step % cfg.interval == 0:
+            state.last.copy_(_estimate_ratios(cfg, state.estimate))
+        return offsets, state._replace(rule=inner)
+
+    def special(step: int) -> bool:
+        return rule.special(step) or step % cfg.interval == 0
+
+    return OffsetRule(init, update, probe, lambda state: state.last, sample, special)

@@ -6,9 +6,33 @@ Where a plain loop calls ``loss.backward(); opt.step()``, a distillation loop ca
 
 which builds the loss parts, takes one gradient per group of parts, lets the momentum strategy's offset rule move
 the coefficients, updates buffers and parameters, and lets the mask observe the step: the same code for every
-strategy, whose differences are all in its :class:`~deepkd.momentum.Plan`. ``out`` reports parts, coefficients,
-GSNR, K and phase. Param groups, LR schedulers and ``state_dict``/``load_state_dict`` work as with any optimizer.
-``epoch`` (from 1) is required when the loss depends on it (DKD's warm-up); the mask and GSNR follow steps.
+strategy, whose differences are all in its :class:`~deepkd.momentum.Plan`. Param groups, LR schedulers and
+``state_dict``/``load_state_dict`` work as with any optimizer. ``epoch`` (from 1) is required when the loss depends
+on it (DKD's warm-up); the mask and GSNR follow steps.
+
+**A step never waits for the device.** Loss parts, coefficients, GSNR, K and the smoothed accuracy stay on the
+device; counters are Python numbers; a step whose loss is not finite is skipped on the device (its gradients
+zeroed, its buffers and parameters left as they are) and recorded there. ``out`` (a
+:class:`~deepkd.types.StepOutput`) holds the step's values on the device and reads them back when a field is first
+read: reading ``out.loss`` or ``out.parts`` every step makes every step wait for the device, as
+``loss.item()`` would; read them every few steps (the :class:`~deepkd.trainer.Trainer` reads them every
+``log_every`` steps). With ``nonfinite="raise"`` the first non-finite step and every later one are not applied, and
+:class:`~deepkd.errors.NonFiniteLossError` (naming that step and its parts) is raised by the next read of a step's
+values, :meth:`check_finite` or :meth:`state_dict`.
+
+Collectives per step in a distributed run (``torch.distributed`` with more than one process):
+
+===============  ==========================================================  ============================
+``sync``         what is all-reduced each step                               size
+===============  ==========================================================  ============================
+``"step"``       the step's small values (loss parts, the mask's hit and     P + 2 (+ GSNR samples) floats,
+                 sample counts, the GSNR estimator's samples), then the      then ``|θ|``
+                 summed step direction
+``"grads"``      the small values, then every gradient group                 P + 2 (+ samples), k · ``|θ|``
+``"off"``        nothing: ranks train independently                          0
+===============  ==========================================================  ============================
+
+The split GSNR estimator adds one collective of ``2k`` floats at its estimation steps only.
 
 >>> import torch, deepkd
 >>> student = torch.nn.Linear(8, 5)
@@ -22,7 +46,7 @@ GSNR, K and phase. Param groups, LR schedulers and ``state_dict``/``load_state_d
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import torch
@@ -31,11 +55,20 @@ from torch import Tensor
 from deepkd import distributed
 from deepkd.checkpoint import check_recipe, pack_state, unpack_state
 from deepkd.config import unstructure
-from deepkd.decompose import Mode, by_param_group, decompose, decompose_splits, trainable, zero_filled
+from deepkd.decompose import GradientBuffer, Mode, decompose, decompose_splits, trainable
 from deepkd.errors import CheckpointError, DeepKDError, NonFiniteLossError
-from deepkd.losses import check_call, on_samples, validate_logits
+from deepkd.losses import Keep, check_call, on_samples, validate_logits
 from deepkd.masks import PHASE_NAMES, MaskState, keep_mask
-from deepkd.momentum import GSNR, StepContext, check_hyperparameters, init, no_split, step_param_groups, tracking_gsnr
+from deepkd.momentum import (
+    GSNR,
+    Coefficient,
+    StepContext,
+    check_hyperparameters,
+    init,
+    no_split,
+    step_param_groups,
+    tracking_gsnr,
+)
 from deepkd.registry import name_of
 from deepkd.types import StepOutput
 from deepkd.validators import check_choice
@@ -45,6 +78,16 @@ if TYPE_CHECKING:
     from deepkd.recipe import Recipe
 
 __all__ = ["DistillOptimizer", "StepOutput"]
+
+
+class _Runtime(NamedTuple):
+    """What the optimizer keeps on the device between steps besides strategy states (built at the first step)."""
+
+    grads: GradientBuffer
+    step: Tensor  # int64: steps taken (the device's count, which a captured step advances)
+    bad_step: Tensor  # int64: the first step whose loss was not finite (0: none yet)
+    bad_parts: Tensor  # float32 [parts]: that step's loss parts
+    skipped: Tensor  # int64: steps not applied
 
 
 class DistillOptimizer(torch.optim.Optimizer):
@@ -58,14 +101,19 @@ class DistillOptimizer(torch.optim.Optimizer):
         decomposition: ``"sequential"`` or ``"batched"`` gradient products (:mod:`deepkd.decompose`).
         foreach: use the ``torch._foreach_*`` update kernels; ``None`` picks them for CUDA parameters.
         track_gsnr: measure each gradient group's GSNR for the logs when the strategy does not (default settings).
-        nonfinite: ``"raise"`` (:class:`NonFiniteLossError`, naming step and part) or ``"skip"`` (``skipped=True``).
+        nonfinite: ``"raise"`` or ``"skip"``: what a step whose loss is NaN or infinite does. Either way it is not
+            applied, on the device. ``"skip"`` goes on training (``out.skipped`` tells, :attr:`skipped_steps`
+            counts); ``"raise"`` applies no later step either and raises :class:`NonFiniteLossError`, naming the
+            first such step and its parts, at the next read of a step's values, :meth:`check_finite` or
+            :meth:`state_dict` (the parameters are those from before that step).
         sync: what the ranks of a distributed run (``torch.distributed`` with more than one rank) average each step.
             ``"step"`` (default): each rank keeps local momentum buffers fed by its local gradients, and one
             all-reduce of the summed step direction (|θ| floats) moves every rank as one process on the global
             batch would (the update is linear in the gradients; :meth:`state_dict` averages the buffers).
             ``"grads"``: one all-reduce of every gradient group (k·|θ| floats); buffers are global on every rank.
             A plan whose update is not linear (``Plan.direction`` is ``None``: the official code's) takes
-            ``"grads"``; :attr:`sync_path` says what runs. ``"off"``: ranks train independently.
+            ``"grads"``; :attr:`sync_path` says what runs. ``"off"``: ranks train independently. The step's loss
+            parts and the mask's counts ride on one small collective before either (see the module docstring).
         check_inputs: ``"auto"`` (default) checks shapes and dtypes every step, and the label range every step for
             CPU tensors but on the first step only for CUDA tensors (reading it back waits for the device);
             ``True`` checks everything every step; ``False`` nothing.
@@ -96,13 +144,19 @@ class DistillOptimizer(torch.optim.Optimizer):
         self.rule = tracking_gsnr(self.plan.rule, GSNR(), len(self.plan.groups)) if track_gsnr else self.plan.rule
         self.decomposition: Mode = decomposition
         self.foreach, self.nonfinite, self.sync, self.check_inputs = foreach, nonfinite, sync, check_inputs
-        self.offsets: tuple[float, ...] = self.plan.offsets
+        self.offsets: tuple[float, ...] | Tensor = self.plan.offsets
         self.mask_state: MaskState | None = None  # built at the first step, when the class count is known
         self.momentum_states: list[MomentumState] = []  # one per param group
         self.num_classes, self._labels_checked = 0, False
-        self.steps = 0  # optimizer steps taken (skipped non-finite steps do not count)
-        # from distill_step to step(): gradients [param group][gradient group][trainable param], and the trainable flags
-        self._pending: tuple[list[list[list[Tensor]]], list[list[bool]]] | None = None
+        self.steps = 0  # distill_step calls so far (a skipped step counts: it is skipped on the device)
+        #: read a number-valued ``lr`` each step (False), or keep every group's learning rate in a tensor on the
+        #: device that the update multiplies by (True: what a captured step needs; see :mod:`deepkd.capture`)
+        self.capturable = False
+        self._runtime: _Runtime | None = None
+        self._lrs: list[tuple[float, Tensor]] = []  # per param group: the lr last written, its device tensor
+        self._coefficients: dict[tuple[int, tuple[float, ...]], list[Tensor]] = {}
+        self._epochs: list[tuple[int, int]] = []  # (first step, epoch), for naming a bad step's epoch
+        self._pending: Any = None  # from distill_step to step()
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov)
         super().__init__(params, defaults)
 
@@ -115,15 +169,35 @@ class DistillOptimizer(torch.optim.Optimizer):
         self.momentum_states.append(init(group["params"], len(self.plan.groups)))
         self.rule_state: Any = self.rule.init([g["params"] for g in self.param_groups])  # the rule sees every group
 
+    # ------------------------------------------------------------------ coefficients
     def coefficients(self, group: int = 0) -> tuple[float, ...]:
-        """The current momentum coefficient of each gradient group, for one param group."""
-        return tuple(self.param_groups[group]["momentum"] + o for o in self.offsets)
+        """The current momentum coefficient of each gradient group, for one param group (reads the device when the
+        strategy moves them there)."""
+        mu = self.param_groups[group]["momentum"]
+        offsets = self.offsets.tolist() if isinstance(self.offsets, Tensor) else self.offsets
+        return tuple(mu + o for o in offsets)
 
     def part_momenta(self, group: int = 0) -> dict[str, float]:
         """The momentum coefficient each loss part's update uses (parts in one gradient group share it)."""
-        coeffs = self.plan.effective(self.coefficients(group))
+        return self._momenta(self.coefficients(group))
+
+    def _momenta(self, coefficients: Sequence[float]) -> dict[str, float]:
+        coeffs = self.plan.effective(tuple(coefficients))
         return {part: round(c, 12) for g, c in zip(self.plan.groups, coeffs) for part in g}
 
+    def _step_coefficients(self, offsets: tuple[float, ...] | Tensor) -> list[list[Coefficient]]:
+        """Each param group's coefficients for this step: numbers, or 0-dim device tensors for offsets on the
+        device (computed there, never read)."""
+        out: list[list[Coefficient]] = []
+        for group in self.param_groups:
+            mu = group["momentum"]
+            if isinstance(offsets, Tensor):
+                out.append(list((offsets + mu).unbind()))
+            else:
+                out.append([mu + o for o in offsets])
+        return out
+
+    # ------------------------------------------------------------------ the step
     def distill_step(
         self, student_logits: Tensor, teacher_logits: Tensor | None, target: Tensor, *, epoch: int | None = None
     ) -> StepOutput:
@@ -131,47 +205,191 @@ class DistillOptimizer(torch.optim.Optimizer):
 
         ``epoch`` counts from 1; it is required when the loss depends on it (``uses_epoch``, e.g. DKD's warm-up).
         """
-        loss_cfg, mask_cfg = self.recipe.loss, self.recipe.mask
+        loss_cfg = self.recipe.loss
         epoch = check_call(loss_cfg, teacher_logits, epoch)
         if self.check_inputs is not False:  # "auto": the labels (read back from the device) once on CUDA
             labels = self.check_inputs is True or not target.is_cuda or not self._labels_checked
             validate_logits(student_logits, teacher_logits, target, labels=labels, classes=self.num_classes or None)
             self._labels_checked = True
-        if self.mask_state is None:
-            self.num_classes, self.mask_state = student_logits.shape[1], mask_cfg.init(student_logits.shape[1])
-        keep = None if teacher_logits is None else keep_mask(self.mask_state, teacher_logits, target, mask_cfg.form)
-        parts = loss_cfg.parts(student_logits, teacher_logits, target, epoch=epoch, keep=keep)
-        stacked = torch.stack([p.detach().float() for p in parts.values()])
-        if self.sync_path is not None:  # the global batch's parts; a NaN on one rank makes every rank skip or raise
-            stacked = distributed.mean_over_ranks(stacked)
-        values = dict(zip(parts, stacked.tolist()))
-        correct = (student_logits.detach().argmax(dim=1) == target).sum()
-        bad = not all(math.isfinite(value) for value in values.values())
-        if bad and self.nonfinite == "raise":
-            raise NonFiniteLossError.at(self.steps + 1, epoch, values)
-        if not bad:
-            parts_of = on_samples(loss_cfg, student_logits, teacher_logits, target, epoch, keep)
+        rt = self._runtime if self._runtime is not None else self._start(student_logits)
+        step = self.steps + 1
+        if not self._epochs or self._epochs[-1][1] != epoch:
+            self._epochs.append((step, epoch))
+        values = self._device_step(rt, student_logits, teacher_logits, target, epoch, step)
+        self.steps = step
+        self.momentum_states = [s._replace(step=step) for s in self.momentum_states]
+        return self._output(step, values)
 
-            def split(m: int) -> Any:  # the gradient groups on m parts of this batch, for the rule's probe
-                flat = trainable(self.param_groups)[1]
-                return decompose_splits(parts_of, len(target), m, self.plan.groups, flat, mode=self.decomposition)
-
-            self.rule_state = self.rule.probe(self.rule_state, self._context(None, split))
-            self._pending = self._gradients(parts)
-            self.step()
-            self.mask_state = mask_cfg.observe(self.mask_state, correct, target.numel(), self.num_classes)
-        gsnr = self.gsnr()
-        return StepOutput(
-            step=self.steps,
-            loss=math.nan if bad else float(sum(values.values())),
-            parts=values,
-            momenta=self.part_momenta(),  # the coefficients this step used (the rule may just have moved them)
-            gsnr=None if gsnr is None else {"+".join(g): float(r) for g, r in zip(self.plan.groups, gsnr.tolist())},
-            k=int(self.mask_state.k),
-            phase=PHASE_NAMES[int(self.mask_state.phase)],
-            correct=correct,
-            skipped=bad,
+    def _start(self, student_logits: Tensor) -> _Runtime:
+        """First-step set-up: the class count, the mask state on the logits' device, the gradient buffer and the
+        non-finite record."""
+        device = student_logits.device
+        self.num_classes = student_logits.shape[1]
+        self.mask_state = MaskState(*(t.to(device) for t in self.recipe.mask.init(self.num_classes)))
+        groups, parts = len(self.plan.groups), len(self.recipe.loss.part_names)
+        params = [[p for p in g["params"]] for g in self.param_groups]
+        zero = torch.zeros((), dtype=torch.int64, device=device)
+        self._runtime = _Runtime(
+            GradientBuffer(params, groups), zero, zero.clone(), torch.zeros(parts, device=device), zero.clone()
         )
+        return self._runtime
+
+    def _keep(self, teacher: Tensor, target: Tensor) -> Keep | None:
+        assert self.mask_state is not None
+        own = getattr(self.recipe.mask, "keep", None)
+        if own is not None:
+            return own(self.mask_state, teacher, target)  # type: ignore[no-any-return]
+        return keep_mask(self.mask_state, teacher, target, self.recipe.mask.form)
+
+    def _device_step(
+        self, rt: _Runtime, student: Tensor, teacher: Tensor | None, target: Tensor, epoch: int, step: int
+    ) -> Tensor:
+        """Everything one step does on the device, without reading anything back; returns the step's values
+        packed in one float64 vector (see :meth:`_output`)."""
+        loss_cfg, mask_cfg = self.recipe.loss, self.recipe.mask
+        keep = None if teacher is None else self._keep(teacher, target)
+        parts = loss_cfg.parts(student, teacher, target, epoch=epoch, keep=keep)
+        stacked = torch.stack([p.detach().float() for p in parts.values()])
+        halted = rt.bad_step > 0 if self.nonfinite == "raise" else None
+        ok = torch.isfinite(stacked).all()
+        applied = ok if halted is None else ok & ~halted
+        parts_of = on_samples(loss_cfg, student, teacher, target, epoch, keep)
+
+        def split(m: int) -> Any:  # the gradient groups on m parts of this batch, for the rule's probe
+            flat = trainable(self.param_groups)[1]
+            return decompose_splits(parts_of, len(target), m, self.plan.groups, flat, mode=self.decomposition)
+
+        self.rule_state = self.rule.probe(self.rule_state, self._context(step, None, split, ok=applied))
+        active, flat_params = trainable(self.param_groups)
+        grads = rt.grads.load(decompose(parts, self.plan.groups, flat_params, mode=self.decomposition), active)
+        hits = (student.detach().argmax(dim=1) == target).sum()
+        samples: Tensor | int = target.numel()
+        ctx = self._context(step, rt.grads.full(grads, active), ok=applied, flat=rt.grads.flat)
+        sample = self.rule.sample(self.rule_state, ctx) if self.rule.sample is not None else None
+        path = self.sync_path
+        if path is not None:  # the global batch's parts and counts; a NaN on one rank makes every rank skip
+            stacked, hits, samples, sample = _mean_small_values(stacked, hits, len(target), sample)
+            ok = torch.isfinite(stacked).all()
+            applied = ok if halted is None else ok & ~halted
+        if path == "grads":  # one collective of k·|θ|
+            distributed.all_reduce_mean_(
+                [rt.grads.data] if rt.grads.data is not None else [g for pg in grads for gs in pg for g in gs]
+            )
+        rt.grads.sanitize(applied, grads)
+        self._pending = (grads, active, ctx._replace(ok=applied, sample=sample))
+        self.step()
+        gate = applied.to(hits.dtype)
+        assert self.mask_state is not None
+        self.mask_state = mask_cfg.observe(self.mask_state, hits * gate, samples * gate, self.num_classes)
+        self._record(rt, stacked, ok, applied)
+        self._hits = hits
+        return self._pack(stacked, applied)
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:  # type: ignore[override]
+        """Apply the gradients computed by :meth:`distill_step` (which calls this); not for direct use."""
+        if self._pending is None:
+            call = "opt.distill_step(student_logits, teacher_logits, target, epoch=e)"
+            raise DeepKDError(f"step() applies distill_step()'s gradients: call {call}, not backward() and step()")
+        grads, active, ctx = self._pending
+        self._pending = None
+        offsets, self.rule_state = self.rule.update(self.rule_state, ctx)
+        self.offsets = offsets
+        reduce = distributed.all_reduce_mean_ if self.sync_path == "step" else None  # one all-reduce of |θ| a step
+        self.momentum_states = step_param_groups(
+            self.plan,
+            self.momentum_states,
+            self.param_groups,
+            grads,
+            active,
+            self._step_coefficients(offsets),
+            self.foreach,
+            reduce,
+            gate=ctx.ok,
+            lrs=self._lr_tensors() if self.capturable else None,
+        )
+
+    def _lr_tensors(self) -> list[Tensor]:
+        """Each param group's learning rate in a 0-dim tensor on its parameters' device, rewritten (one fill on the
+        device, no copy from the host) when the group's ``lr`` changes."""
+        assert self._runtime is not None
+        device = self._runtime.step.device
+        while len(self._lrs) < len(self.param_groups):
+            self._lrs.append((math.nan, torch.zeros((), dtype=torch.float32, device=device)))
+        out = []
+        for i, group in enumerate(self.param_groups):
+            seen, tensor = self._lrs[i]
+            if group["lr"] != seen:
+                tensor.fill_(group["lr"])
+                self._lrs[i] = (group["lr"], tensor)
+            out.append(tensor)
+        return out
+
+    def _record(self, rt: _Runtime, parts: Tensor, ok: Tensor, applied: Tensor) -> None:
+        """The non-finite record, on the device: the first step whose parts were not finite, its parts, and the
+        count of steps not applied."""
+        rt.step.add_(1)
+        first = ~ok & (rt.bad_step == 0)
+        rt.bad_step.copy_(torch.where(first, rt.step, rt.bad_step))
+        rt.bad_parts.copy_(torch.where(first, parts, rt.bad_parts))
+        rt.skipped.add_(~applied)
+
+    def _pack(self, parts: Tensor, applied: Tensor) -> Tensor:
+        """The step's values in one float64 vector: parts, coefficients (when on the device), GSNR (when
+        reported), K, phase, skipped."""
+        assert self.mask_state is not None
+        pieces = [parts]
+        if isinstance(self.offsets, Tensor):
+            pieces.append(self.offsets)
+        if self.rule.report_gsnr is not None:
+            pieces.append(self.rule.report_gsnr(self.rule_state))
+        pieces += [self.mask_state.k.view(1), self.mask_state.phase.view(1), (~applied).view(1)]
+        return torch.cat(pieces).double()
+
+    def _output(self, step: int, packed: Tensor) -> StepOutput:
+        return StepOutput(step=step, tensor=packed, reader=self._reader(), correct=self._hits)
+
+    def _reader(self) -> Any:
+        """How a step's packed values (:meth:`_pack`) read back: one function per layout, made once."""
+        dynamic = isinstance(self.offsets, Tensor)
+        key = (dynamic, self.param_groups[0]["momentum"], None if dynamic else tuple(self.offsets))
+        if getattr(self, "_reader_key", None) != key:
+            self._reader_key, self._reader_fn = key, self._make_reader(dynamic)
+        return self._reader_fn
+
+    def _make_reader(self, dynamic: bool) -> Any:
+        names = list(self.recipe.loss.part_names)
+        groups = ["+".join(g) for g in self.plan.groups]
+        static = None if dynamic else self.part_momenta()
+        mu, reports = self.param_groups[0]["momentum"], self.rule.report_gsnr is not None
+        check = self.nonfinite == "raise"
+        n, g = len(names), len(groups)
+
+        def read(packed: Tensor) -> dict[str, Any]:
+            record = self._finite_record() if check else None
+            values = (packed if record is None else torch.cat([packed, record])).tolist()  # one read for both
+            if record is not None:
+                self._raise_if_bad(values[-record.numel() :])
+            parts = dict(zip(names, values[:n]))
+            at = n
+            momenta = static
+            if momenta is None:
+                momenta, at = self._momenta([mu + o for o in values[at : at + g]]), at + g
+            gsnr = None
+            if reports:
+                gsnr, at = dict(zip(groups, values[at : at + g])), at + g
+            k, phase, skipped = values[at : at + 3]
+            return {
+                "loss": float(sum(parts.values())),
+                "parts": parts,
+                "momenta": dict(momenta),
+                "gsnr": gsnr,
+                "k": int(k),
+                "phase": PHASE_NAMES[int(phase)],
+                "skipped": bool(skipped),
+            }
+
+        return read
 
     @property
     def sync_path(self) -> Literal["step", "grads"] | None:
@@ -180,46 +398,60 @@ class DistillOptimizer(torch.optim.Optimizer):
             return None
         return "step" if self.sync == "step" and self.plan.direction is not None else "grads"
 
-    def _context(self, grads: list[list[list[Tensor]]] | None, split: Any = no_split) -> StepContext:
+    def _context(
+        self,
+        step: int,
+        grads: list[list[list[Tensor]]] | None,
+        split: Any = no_split,
+        *,
+        ok: Tensor | None = None,
+        flat: Sequence[Tensor] | None = None,
+    ) -> StepContext:
         mean: Any = distributed.mean_over_ranks if self.sync_path else (lambda t: t)
-        return StepContext(self.steps + 1, grads, split, mean, local_grads=self.sync_path == "step")
+        return StepContext(step, grads, split, mean, local_grads=self.sync_path == "step", ok=ok, flat=flat)
 
-    def _gradients(self, parts: dict[str, Tensor]) -> tuple[list[list[list[Tensor]]], list[list[bool]]]:
-        active, flat = trainable(self.param_groups)
-        grads = decompose(parts, self.plan.groups, flat, mode=self.decomposition)
-        if self.sync_path == "grads":
-            distributed.all_reduce_mean_([g for group in grads for g in group])  # one collective of k·|θ| a step
-        return by_param_group(grads, active), active
-
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> None:  # type: ignore[override]
-        """Apply the gradients computed by :meth:`distill_step` (which calls this); not for direct use."""
-        if self._pending is None:
-            call = "opt.distill_step(student_logits, teacher_logits, target, epoch=e)"
-            raise DeepKDError(f"step() applies distill_step()'s gradients: call {call}, not backward() and step()")
-        grads, active = self._pending
-        self._pending = None
-        full = [zero_filled(gs, act, g["params"]) for gs, act, g in zip(grads, active, self.param_groups)]
-        self.offsets, self.rule_state = self.rule.update(self.rule_state, self._context(full))
-        self.steps += 1
-        coefficients = [self.coefficients(i) for i in range(len(self.param_groups))]
-        reduce = distributed.all_reduce_mean_ if self.sync_path == "step" else None  # one all-reduce of |θ| a step
-        self.momentum_states = step_param_groups(
-            self.plan, self.momentum_states, self.param_groups, grads, active, coefficients, self.foreach, reduce
-        )
-
+    # ------------------------------------------------------------------ reading back
     def gsnr(self) -> Tensor | None:
-        """The GSNR of each gradient group that the strategy (or ``track_gsnr``) reports (float64), or ``None``."""
+        """The GSNR of each gradient group that the strategy (or ``track_gsnr``) reports (float64, on the device),
+        or ``None``."""
         return None if self.rule.report_gsnr is None else self.rule.report_gsnr(self.rule_state)
 
+    @property
+    def skipped_steps(self) -> int:
+        """Steps not applied because their loss was not finite (reads the device)."""
+        return 0 if self._runtime is None else int(self._runtime.skipped)
+
+    def check_finite(self) -> None:
+        """Raise :class:`NonFiniteLossError` when ``nonfinite="raise"`` and a step's loss was not finite, naming the
+        first such step, its epoch and its parts (reads the device: one synchronisation). Under ``"skip"`` it
+        does nothing."""
+        record = self._finite_record() if self.nonfinite == "raise" else None
+        if record is not None:
+            self._raise_if_bad(record.tolist())
+
+    def _finite_record(self) -> Tensor | None:
+        """``[first bad step, its parts...]`` as one float64 tensor on the device, or ``None`` before any step."""
+        rt = self._runtime
+        return None if rt is None else torch.cat([rt.bad_step.view(1).double(), rt.bad_parts.double()])
+
+    def _raise_if_bad(self, record: Sequence[float]) -> None:
+        bad_step = int(record[0])
+        if bad_step:
+            epoch = next((e for first, e in reversed(self._epochs) if first <= bad_step), 1)
+            raise NonFiniteLossError.at(bad_step, epoch, dict(zip(self.recipe.loss.part_names, record[1:])))
+
+    # ------------------------------------------------------------------ state
     def _own_state(self) -> _OwnState:
         momentum = tuple(self.momentum_states)
-        return _OwnState(self.steps, self.offsets, momentum, self.rule_state, self.num_classes, self.mask_state)
+        offsets = tuple(self.offsets.tolist()) if isinstance(self.offsets, Tensor) else tuple(self.offsets)
+        return _OwnState(self.steps, offsets, momentum, self.rule_state, self.num_classes, self.mask_state)
 
     def state_dict(self) -> dict[str, Any]:
         """The state with the global momentum buffers. Under ``sync_path == "step"`` this averages the ranks' local
         buffers in place (one collective: **every rank must call it**); only their mean enters the update, so the
-        run goes on bit for bit as one resumed from this state, on any world size."""
+        run goes on bit for bit as one resumed from this state, on any world size. Raises
+        :class:`NonFiniteLossError` when ``nonfinite="raise"`` and a step's loss was not finite."""
+        self.check_finite()
         sd = super().state_dict()
         if self.sync_path == "step":  # in place: every rank goes on from the mean, as a resumed run does
             distributed.all_reduce_mean_([b for s in self.momentum_states for bufs in s.buffers for b in bufs])
@@ -240,8 +472,39 @@ class DistillOptimizer(torch.optim.Optimizer):
             super().load_state_dict({"state": {}, "param_groups": state_dict["param_groups"]})
         except (ValueError, KeyError) as exc:
             raise CheckpointError(f"the optimizer state does not match these parameters: {exc}") from None
-        self.steps, self.offsets, momentum, self.rule_state, self.num_classes, self.mask_state = own
+        self.steps, offsets, momentum, self.rule_state, self.num_classes, mask_state = own
+        self.offsets = tuple(offsets)
         self.momentum_states, self._pending = list(momentum), None
+        self.mask_state, self._runtime = mask_state, None
+        if mask_state is not None:  # on the parameters' device, where the steps will run
+            device = self.param_groups[0]["params"][0].device
+            self.mask_state = MaskState(*(t.to(device) for t in mask_state))
+            self._start_after_load(device)
+
+    def _start_after_load(self, device: torch.device) -> None:
+        groups, parts = len(self.plan.groups), len(self.recipe.loss.part_names)
+        params = [[p for p in g["params"]] for g in self.param_groups]
+        zero = torch.zeros((), dtype=torch.int64, device=device)
+        self._runtime = _Runtime(
+            GradientBuffer(params, groups), zero + self.steps, zero.clone(), torch.zeros(parts, device=device),
+            zero.clone(),
+        )  # fmt: skip
+
+
+def _mean_small_values(
+    parts: Tensor, hits: Tensor, samples: int, sample: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """One collective for the step's small values: the mean of the loss parts and of the rule's sample over ranks,
+    and the sums of the mask's hit and sample counts."""
+    counts = torch.stack([hits.float(), hits.new_full((), float(samples), dtype=torch.float32)])
+    pieces = [parts.float(), counts]
+    if sample is not None:
+        pieces.append(sample.float())
+    small = distributed.sum_over_ranks(torch.cat(pieces))
+    world = distributed.world_size()
+    n = parts.numel()
+    reduced_sample = None if sample is None else small[n + 2 :] / world
+    return small[:n] / world, small[n], small[n + 1], reduced_sample
 
 
 class _OwnState(NamedTuple):

@@ -180,7 +180,7 @@ class Trainer(TrainerState):
         self._started = time.perf_counter()
         self.student.train()
         seed_loader(train_loader, self.seed, self.epoch)
-        self._meter, self._in_epoch = EpochMeter(self.device), True
+        self._meter, self._in_epoch = EpochMeter(self.device, self.recipe.loss.part_names), True
         self._call("on_epoch_start")
         batches = iter(train_loader)
         if self._resume is not None:
@@ -202,10 +202,13 @@ class Trainer(TrainerState):
         self.scheduler.step()
         self.global_step += 1
         self._meter.update(out, logits, y)
+        if self.global_step % self.config.log_every == 0:  # a NaN loss under nonfinite="raise" surfaces here
+            self.optimizer.check_finite()
         return out
 
     def end_epoch(self, eval_loader: Loader | None = None) -> dict[str, Any]:
         """The epoch's record (training summary, evaluation on ``eval_loader``, wall time), appended to the history."""
+        self.optimizer.check_finite()
         metrics = {"kind": "epoch", "epoch": self.epoch, "step": self.global_step, "lr": self.last_lr}
         metrics.update(self._meter.summary())
         self._in_epoch = False

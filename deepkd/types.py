@@ -6,10 +6,9 @@ methods are pure functions of it. The protocols below say which methods each axi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-import attrs
 from torch import Tensor
 
 if TYPE_CHECKING:
@@ -49,8 +48,13 @@ class MaskStrategy(Protocol):
 
     def init(self, num_classes: int) -> MaskState: ...
 
-    def observe(self, state: MaskState, hits: Tensor, samples: int, num_classes: int) -> MaskState:
-        """The state after one training step with ``hits`` correct top-1 predictions out of ``samples``."""
+    def observe(self, state: MaskState, hits: Tensor, samples: Tensor | int, num_classes: int) -> MaskState:
+        """The state after one training step with ``hits`` correct top-1 predictions out of ``samples``: counts of
+        the global batch (summed over ranks by the optimizer in a distributed run), on the device, and zero
+        ``samples`` for a step that was skipped, which should change nothing. Change the state's tensors in place
+        and never read them back (the step must not wait for the device). A strategy may also define
+        ``keep(state, teacher, target) -> Keep | None``, the kept classes of this step (by default the teacher's
+        top ``state.k`` non-target classes, computed on the device)."""
         ...
 
 
@@ -62,28 +66,77 @@ class ScheduleStrategy(Protocol):
         ...
 
 
-@attrs.frozen(kw_only=True)
 class StepOutput:
     """What one :meth:`~deepkd.optim.DistillOptimizer.distill_step` did.
 
+    The step's values stay on the device until one of them is first read; then all of them are read back together
+    (on CUDA one synchronisation, the same wait as ``loss.item()``). Reading them every step makes every step wait
+    for the device: read them every few steps, as the :class:`~deepkd.trainer.Trainer` does every ``log_every``
+    steps, or keep :attr:`tensor` (the values as one float64 tensor on the device) and read it later.
+
     Attributes:
-        step: the optimizer step count after this step (skipped steps do not count).
+        step: the optimizer's step count after this step (every call counts, a skipped one too).
+        correct: top-1 hits of this batch (a 0-dim tensor on the device, not read back).
         loss: the total loss (sum of the parts).
         parts: each loss part's value (in a distributed run, the mean over ranks: the global batch's).
         momenta: each part's momentum coefficient (first param group).
         gsnr: each gradient group's GSNR (per sample) when the strategy or ``track_gsnr`` measures it (NaN before
-            the first estimate).
+            the first estimate), else ``None``.
         k: the mask's K (C − 1 when no masking) and ``phase`` its phase name.
-        correct: top-1 hits of this batch (a 0-dim tensor, not synchronised).
-        skipped: True when a non-finite loss was skipped under ``nonfinite="skip"``.
+        skipped: True when the step's loss was not finite and the step was not applied.
+
+    Reading a value raises :class:`~deepkd.errors.NonFiniteLossError` when the optimizer runs with
+    ``nonfinite="raise"`` and a step's loss was not finite.
     """
 
-    step: int
-    loss: float
-    parts: dict[str, float]
-    momenta: dict[str, float]
-    gsnr: dict[str, float] | None
-    k: int
-    phase: str
-    correct: Tensor
-    skipped: bool = False
+    __slots__ = ("_reader", "_values", "correct", "step", "tensor")
+
+    def __init__(
+        self, *, step: int, tensor: Tensor, reader: Callable[[Tensor], dict[str, Any]], correct: Tensor | None = None
+    ) -> None:
+        self.step, self.tensor, self.correct = step, tensor, correct
+        self._reader = reader
+        self._values: dict[str, Any] | None = None
+
+    def _get(self) -> dict[str, Any]:
+        if self._values is None:
+            self._values = self._reader(self.tensor)
+        return self._values
+
+    @property
+    def loss(self) -> float:
+        return self._get()["loss"]  # type: ignore[no-any-return]
+
+    @property
+    def parts(self) -> dict[str, float]:
+        return self._get()["parts"]  # type: ignore[no-any-return]
+
+    @property
+    def momenta(self) -> dict[str, float]:
+        return self._get()["momenta"]  # type: ignore[no-any-return]
+
+    @property
+    def gsnr(self) -> dict[str, float] | None:
+        return self._get()["gsnr"]  # type: ignore[no-any-return]
+
+    @property
+    def k(self) -> int:
+        return self._get()["k"]  # type: ignore[no-any-return]
+
+    @property
+    def phase(self) -> str:
+        return self._get()["phase"]  # type: ignore[no-any-return]
+
+    @property
+    def skipped(self) -> bool:
+        return self._get()["skipped"]  # type: ignore[no-any-return]
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every value (read back once): ``step``, ``loss``, ``parts``, ``momenta``, ``gsnr``, ``k``, ``phase``,
+        ``skipped``."""
+        return {"step": self.step, **self._get()}
+
+    def __repr__(self) -> str:
+        if self._values is None:
+            return f"StepOutput(step={self.step}, <values on {self.tensor.device}, not read yet>)"
+        return "StepOutput(" + ", ".join(f"{k}={v!r}" for k, v in self.as_dict().items()) + ")"

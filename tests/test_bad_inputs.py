@@ -59,7 +59,10 @@ def _nan_at_step_3() -> None:
         x, t, y = _batch(seed)
         opt.distill_step(model(x), t, y, epoch=1)
     x, t, y = _batch(2)
-    opt.distill_step(model(x) * torch.nan, t, y, epoch=1)
+    out = opt.distill_step(model(x) * torch.nan, t, y, epoch=1)  # skipped on the device; nothing read back yet
+    x, t, y = _batch(3)
+    opt.distill_step(model(x), t, y, epoch=1)  # not applied either: the run is halted at step 3
+    _ = out.loss  # the first read of a value raises, naming the first bad step
 
 
 def _checkpoint(recipe: Recipe | None = None, model: torch.nn.Module | None = None) -> dict:
@@ -254,38 +257,51 @@ def test_skip_leaves_parameters_and_buffers_untouched(momentum: str) -> None:
     params = [p.detach().clone() for p in model.parameters()]
     buffers = [b.clone() for bufs in opt.momentum_states[0].buffers for b in bufs]
     gsnr_before = opt.gsnr().clone()
-    sd_steps = opt.steps
 
     x, t, y = _batch(2)
     student = model(x)
     poisoned = student.clone()
     poisoned[0] = torch.nan  # one bad row is enough to make every batch-mean part NaN
+    estimate = [t.clone() for t in _tensors(opt.rule_state)]
     out = opt.distill_step(poisoned, t, y, epoch=1)
-    assert out.skipped and out.step == sd_steps == opt.steps == 2
+    assert out.skipped and out.step == opt.steps == 3 and opt.skipped_steps == 1
     assert out.loss != out.loss  # NaN
     for before, after in zip(params, model.parameters()):
         assert torch.equal(before, after)
     after_buffers = [b for bufs in opt.momentum_states[0].buffers for b in bufs]
     for before, after in zip(buffers, after_buffers):
         assert torch.equal(before, after)
-    assert int(opt.momentum_states[0].step) == 2
+    for before, after in zip(estimate, _tensors(opt.rule_state)):  # the GSNR estimate did not fold the bad step
+        assert torch.equal(before, after) or torch.allclose(before, after, rtol=0, atol=0, equal_nan=True)
     assert torch.allclose(opt.gsnr(), gsnr_before, rtol=0, atol=0, equal_nan=True)  # NaN: a component without GSNR
 
     # the next good step runs normally
     out = opt.distill_step(model(x), t, y, epoch=1)
-    assert not out.skipped and out.step == 3
+    assert not out.skipped and out.step == 4
     assert any(not torch.equal(a, b) for a, b in zip(params, model.parameters()))
 
 
-def test_raise_leaves_parameters_untouched() -> None:
+def _tensors(state: object) -> list[torch.Tensor]:
+    if isinstance(state, torch.Tensor):
+        return [state]
+    if isinstance(state, (tuple, list)):
+        return [t for s in state for t in _tensors(s)]
+    return []
+
+
+def test_raise_halts_on_the_device_and_raises_at_the_next_read() -> None:
     model = _model()
     opt = _opt(model=model)
     before = [p.detach().clone() for p in model.parameters()]
     x, t, y = _batch()
-    with pytest.raises(NonFiniteLossError, match=r"step 1 \(epoch 4\).*'task'"):
-        opt.distill_step(model(x) * torch.inf, t, y, epoch=4)
+    out = opt.distill_step(model(x) * torch.inf, t, y, epoch=4)  # nothing is read back: no error yet
+    later = opt.distill_step(model(x), t, y, epoch=4)  # a good step after a bad one is not applied either
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
-    assert opt.steps == 0
+    assert opt.steps == 2
+    for read in (lambda: out.loss, lambda: later.parts, opt.check_finite, opt.state_dict):
+        with pytest.raises(NonFiniteLossError, match=r"step 1 \(epoch 4\).*'task'"):
+            read()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
 def test_errors_keep_builtin_bases() -> None:

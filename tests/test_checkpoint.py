@@ -85,12 +85,12 @@ def test_load_checkpoint_refuses_missing_pickled_and_foreign_files(tmp_path):
 
 @pytest.mark.parametrize(
     ("saved", "resumable"),
-    [("0.2.0", True), ("0.2.7", True), ("0.1.0", False), ("0.3.0", False), ("1.0.0", False)],
+    [("0.3.0", True), ("0.3.7", True), ("0.2.0", False), ("0.4.0", False), ("1.0.0", False)],
 )
 def test_a_training_state_resumes_within_its_series_and_its_weights_load_from_any(tmp_path, saved, resumable):
     """Before 1.0 a minor release may change the training state's format (0.2 did: the optimizer's strategy state
-    and the CIFAR zoo's parameter names), so a checkpoint resumes only within its major.minor series; its student
-    weights load whatever version wrote them."""
+    and the CIFAR zoo's parameter names; 0.3 did: strategy states on the device, host-side step counts), so a
+    checkpoint resumes only within its major.minor series; its student weights load whatever version wrote them."""
     from deepkd.checkpoint import REQUIRED_KEYS
 
     weights = nn.Linear(2, 2).state_dict()

@@ -111,7 +111,7 @@ def _check_states_stable(opt: deepkd.DistillOptimizer, params: list[torch.Tensor
     (state,) = opt.momentum_states
     assert isinstance(state, MO.MomentumState)
     assert len(state.buffers) == n_groups
-    assert state.step.dtype == torch.int64 and state.step.dim() == 0
+    assert isinstance(state.step, int)  # a host-side count: deciding the first step reads nothing back
     for group in state.buffers:
         assert len(group) == len(params)
         for buf, p in zip(group, params):
@@ -133,7 +133,7 @@ def _run(recipe: deepkd.Recipe, *, teacher_free: bool = False, steps: int = STEP
         outs.append(out)
         assert not out.skipped
         assert out.step == i + 1 == opt.steps
-        assert int(opt.momentum_states[0].step) == i + 1
+        assert opt.momentum_states[0].step == i + 1
         assert math.isfinite(out.loss)
         assert set(out.parts) == set(recipe.loss.part_names)
         assert all(math.isfinite(v) for v in out.parts.values())
@@ -167,7 +167,7 @@ def test_momentum_run_and_checkpoint(momentum: object, loss: str) -> None:
     opt2 = deepkd.DistillOptimizer(twin.parameters(), recipe, lr=0.1, momentum=0.9, weight_decay=5e-4, track_gsnr=True)
     opt2.load_state_dict(loaded)
     assert opt2.steps == opt.steps == STEPS
-    assert opt2.offsets == opt.offsets
+    assert opt2.coefficients() == opt.coefficients()
 
     x, t, y = batches[STEPS]
     out1 = opt.distill_step(student(x), t, y, epoch=1)

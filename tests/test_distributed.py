@@ -1,10 +1,10 @@
 """Two gloo ranks on 127.0.0.1 take the same steps as one process on the whole batch, on both sync paths.
 
 ``sync="step"`` (default): each rank keeps local buffers fed by its local gradients and one all-reduce of the summed
-step direction moves the parameters; ``sync="grads"``: every gradient group is all-reduced. The stream GSNR
-estimator averages its sampled coordinates over ranks, the mask's accuracy counts are summed, so the coefficients
-and K are the single process's. The official-code update is not linear and falls back to ``"grads"``. A checkpoint
-written on two ranks holds the global buffers and resumes on one process exactly.
+step direction moves the parameters; ``sync="grads"``: every gradient group is all-reduced. Before it, one small
+all-reduce carries the loss parts, the mask's accuracy counts and the stream GSNR estimator's sampled coordinates,
+so the coefficients and K are the single process's. The official-code update is not linear and falls back to
+``"grads"``. A checkpoint written on two ranks holds the global buffers and resumes on one process exactly.
 
 Every case runs in one launch of two processes (spawning is slow).
 """
@@ -104,7 +104,7 @@ def _worker(rank: int, world: int, port: int, queue: Any) -> None:
             x, t, y = batches[1]
             batches[1] = (x, torch.full_like(t, float("nan")), y)
         outs = _run(model, opt, batches, rank, world)
-        results["skip"] = ([o.skipped for o in outs], _plain(model.parameters()), opt.steps)
+        results["skip"] = ([o.skipped for o in outs], _plain(model.parameters()), opt.skipped_steps)
         # a checkpoint after RESUME_AT steps on two ranks: every rank calls state_dict (it averages the buffers)
         model = _model()
         opt = _optimizer(model, "deepkd", "step")
@@ -156,6 +156,7 @@ def test_two_ranks_match_one_process_on_the_whole_batch(two_ranks: list[Any], na
         assert ks == [o.k for o in outs] and accuracy == pytest.approx(float(opt.mask_state.accuracy))
         big = [n for n in sent if n >= numel]  # the parameter-sized collectives; the rest are a few floats
         assert big == [numel if path == "step" else products * numel] * STEPS
+        assert len(sent) == 2 * STEPS  # and one small one a step: loss parts, mask counts, GSNR samples together
     if name == "deepkd":
         assert len(set(opt.coefficients())) > 1  # GSNR re-allocated during the run
     # both ranks hold identical parameters
@@ -164,7 +165,7 @@ def test_two_ranks_match_one_process_on_the_whole_batch(two_ranks: list[Any], na
 
 def test_a_non_finite_loss_on_one_rank_makes_every_rank_skip_the_step(two_ranks: list[Any]) -> None:
     (skipped0, params0, steps0), (skipped1, params1, steps1) = (r[1]["skip"] for r in two_ranks)
-    assert skipped0 == skipped1 == [False, True, False] and steps0 == steps1 == 2
+    assert skipped0 == skipped1 == [False, True, False] and steps0 == steps1 == 1
     assert params0 == params1  # no rank stepped alone, no rank waited on a collective the other skipped
 
 

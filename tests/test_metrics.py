@@ -35,13 +35,12 @@ def test_history_best_is_the_first_epoch_reaching_the_highest_finite_top1():
 
 
 def _out(loss: float, *, skipped: bool = False) -> SimpleNamespace:  # the fields of a StepOutput the meter reads
-    return SimpleNamespace(
-        loss=loss, parts={"task": loss}, momenta={"task": 0.9}, gsnr=None, k=4, phase="easy", skipped=skipped
-    )
+    packed = torch.tensor([loss, 4.0, 0.0, float(skipped)], dtype=torch.float64)  # parts, k, phase, skipped
+    return SimpleNamespace(tensor=packed, momenta={"task": 0.9}, gsnr=None, k=4, phase="easy")
 
 
 def test_epoch_meter_weights_by_samples_and_counts_skipped_steps():
-    meter = EpochMeter(torch.device("cpu"))
+    meter = EpochMeter(torch.device("cpu"), ["task"])
     logits = torch.eye(5)
     meter.update(_out(1.0), logits[:4], torch.tensor([0, 1, 2, 0]))  # 3 of 4 right
     meter.update(_out(4.0), logits[:1], torch.tensor([0]))  # 1 of 1 right
@@ -53,12 +52,12 @@ def test_epoch_meter_weights_by_samples_and_counts_skipped_steps():
 
 
 def test_epoch_meter_of_only_skipped_steps_is_nan_and_of_no_step_an_error():
-    meter = EpochMeter(torch.device("cpu"))
+    meter = EpochMeter(torch.device("cpu"), ["task"])
     meter.update(_out(math.nan, skipped=True), torch.eye(2), torch.arange(2))
     summary = meter.summary()
     assert math.isnan(summary["loss"]["total"]) and math.isnan(summary["train_top1"])
     with pytest.raises(DataError, match="yielded no batches this epoch"):
-        EpochMeter(torch.device("cpu")).summary()
+        EpochMeter(torch.device("cpu"), ["task"]).summary()
 
 
 def test_evaluate_restores_the_mode_and_names_the_loader_in_errors():

@@ -51,7 +51,8 @@ def test_the_gsnr_rule_moves_its_offsets_only_every_interval_steps_towards_the_h
     seen = []
     for step in range(1, 13):
         offsets, state = plan.rule.update(state, _context(step, _grads([3.0, 0.3, 0.0], step)))
-        seen.append(offsets)
+        assert offsets is state.offsets  # on the device, changed in place
+        seen.append(tuple(offsets.tolist()))
     assert seen[0] == seen[2] == (0.0, 0.0, 0.0)  # μ until the first estimate, at step 4
     assert seen[3] == seen[6] != seen[2] and seen[7] != seen[6]  # re-allocated at steps 4 and 8 only
     task, tckd, nckd = seen[-1]
@@ -78,14 +79,19 @@ def test_the_split_estimator_probes_at_its_interval_only() -> None:
     assert int(state.estimate.split.step) == 2
 
 
-def test_a_tracked_rule_keeps_its_offsets_and_reports_the_running_estimate() -> None:
+def test_a_tracked_rule_keeps_its_offsets_and_reports_the_estimate_of_its_interval() -> None:
     plan = deepkd.DOT().plan(("task", "tckd", "nckd"))
-    rule = MO.tracking_gsnr(plan.rule, deepkd.GSNR(fraction=1.0), len(plan.groups))
+    rule = MO.tracking_gsnr(plan.rule, deepkd.GSNR(fraction=1.0, interval=2), len(plan.groups))
     state = rule.init([[torch.zeros(30), torch.zeros(4, 3)]])
-    for step in range(1, 4):
+    reported = []
+    for step in range(1, 6):
         offsets, state = rule.update(state, _context(step, _grads([1.0, 0.1], step)))
         assert offsets == plan.offsets
-        assert torch.isfinite(rule.report_gsnr(state)).all()  # every step, not only at the interval
+        reported.append(rule.report_gsnr(state).clone())
+    assert torch.isnan(reported[0]).all()  # before the first estimate
+    assert torch.isfinite(reported[1]).all() and torch.equal(reported[1], reported[2])  # held between estimates
+    assert not torch.equal(reported[2], reported[3])  # re-estimated at step 4
+    assert [rule.special(s) for s in range(1, 5)] == [False, True, False, True]
     assert MO.tracking_gsnr(deepkd.GSNR().plan(("task",)).rule, deepkd.GSNR(), 1).report_gsnr is not None
 
 
