@@ -454,6 +454,11 @@ class DKD:
         """The warm-up factor min(epoch / warmup, 1), epochs counted from 1."""
         return 1.0 if self.warmup == 0 else min(max(epoch, 0) / self.warmup, 1.0)
 
+    def epoch_key(self, epoch: int) -> float:
+        """What of the epoch the parts depend on: the warm-up factor (a captured step serves every epoch after the
+        warm-up)."""
+        return self.warm(epoch)
+
     def parts(
         self,
         student: Tensor,

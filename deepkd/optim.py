@@ -157,6 +157,10 @@ class DistillOptimizer(torch.optim.Optimizer):
         self._coefficients: dict[tuple[int, tuple[float, ...]], list[Tensor]] = {}
         self._epochs: list[tuple[int, int]] = []  # (first step, epoch), for naming a bad step's epoch
         self._pending: Any = None  # from distill_step to step()
+        self._hits: Tensor | None = None  # the last step's top-1 hits, on the device
+        self._replay_step = 0
+        #: bumped whenever the state's tensors are replaced (a loaded state): a captured graph then holds stale ones
+        self.state_version = 0
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov)
         super().__init__(params, defaults)
 
@@ -212,13 +216,41 @@ class DistillOptimizer(torch.optim.Optimizer):
             validate_logits(student_logits, teacher_logits, target, labels=labels, classes=self.num_classes or None)
             self._labels_checked = True
         rt = self._runtime if self._runtime is not None else self._start(student_logits)
+        step = self._begin(epoch)
+        values = self._device_step(rt, student_logits, teacher_logits, target, epoch, step)
+        self._end(step)
+        return self._output(step, values)
+
+    def _begin(self, epoch: int) -> int:
+        """The host's part of a step before its device work: the step's number, its epoch noted (for naming a bad
+        step's epoch), the learning-rate tensors brought up to date (outside any captured graph)."""
         step = self.steps + 1
         if not self._epochs or self._epochs[-1][1] != epoch:
             self._epochs.append((step, epoch))
-        values = self._device_step(rt, student_logits, teacher_logits, target, epoch, step)
+        if self.capturable:
+            self._lr_tensors()
+        return step
+
+    def _end(self, step: int) -> None:
+        """The host's part of a step after its device work: the step counts."""
         self.steps = step
         self.momentum_states = [s._replace(step=step) for s in self.momentum_states]
-        return self._output(step, values)
+
+    def replayed(self, packed: Tensor, hits: Tensor | None) -> StepOutput:
+        """The host's part of a step whose device work a captured graph replays (:mod:`deepkd.capture`): call
+        :meth:`begin_replay` before the replay and this after it, with the graph's step values (cloned)."""
+        step = self._replay_step
+        self._end(step)
+        return StepOutput(step=step, tensor=packed, reader=self._reader(), correct=hits)
+
+    def begin_replay(self, epoch: int) -> None:
+        """See :meth:`replayed`: the host's part of a step before the replay of its captured device work."""
+        self._replay_step = self._begin(epoch)
+
+    def special_step(self) -> bool:
+        """Whether the next step does what an ordinary one does not (the first step, a GSNR estimate or
+        re-allocation): a captured graph of an ordinary step cannot stand in for it."""
+        return self.steps == 0 or self.rule.special(self.steps + 1)
 
     def _start(self, student_logits: Tensor) -> _Runtime:
         """First-step set-up: the class count, the mask state on the logits' device, the gradient buffer and the
@@ -306,15 +338,14 @@ class DistillOptimizer(torch.optim.Optimizer):
             self.foreach,
             reduce,
             gate=ctx.ok,
-            lrs=self._lr_tensors() if self.capturable else None,
+            lrs=[tensor for _, tensor in self._lrs] if self.capturable else None,
         )
 
     def _lr_tensors(self) -> list[Tensor]:
         """Each param group's learning rate in a 0-dim tensor on its parameters' device, rewritten (one fill on the
         device, no copy from the host) when the group's ``lr`` changes."""
-        assert self._runtime is not None
-        device = self._runtime.step.device
         while len(self._lrs) < len(self.param_groups):
+            device = self.param_groups[len(self._lrs)]["params"][0].device
             self._lrs.append((math.nan, torch.zeros((), dtype=torch.float32, device=device)))
         out = []
         for i, group in enumerate(self.param_groups):
@@ -475,7 +506,8 @@ class DistillOptimizer(torch.optim.Optimizer):
         self.steps, offsets, momentum, self.rule_state, self.num_classes, mask_state = own
         self.offsets = tuple(offsets)
         self.momentum_states, self._pending = list(momentum), None
-        self.mask_state, self._runtime = mask_state, None
+        self.mask_state, self._runtime, self._lrs = mask_state, None, []
+        self.state_version += 1
         if mask_state is not None:  # on the parameters' device, where the steps will run
             device = self.param_groups[0]["params"][0].device
             self.mask_state = MaskState(*(t.to(device) for t in mask_state))

@@ -41,6 +41,11 @@ class TrainConfig:
         precision: ``"fp32"``, ``"bf16"`` (autocast on CPU or CUDA) or ``"fp16"`` (CUDA only; without loss scaling,
             since the optimizer takes its own gradients: prefer bf16). Losses are computed in float32 either way.
         compile: run the student through ``torch.compile``.
+        capture: replay each training step (student and teacher forwards, the distillation step) as one CUDA graph
+            (:mod:`deepkd.capture`): on a GPU a small model's step is bound by kernel launches, which a graph
+            removes. The first steps, GSNR estimation steps and batches of another shape run eagerly; on the CPU,
+            in a distributed run or where an operation cannot be captured, every step runs eagerly, with a
+            warning that says why.
         cache_teacher: compute the teacher's logits once per sample (data without random augmentation only).
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
         log_every: write a step record every this many steps.
@@ -73,6 +78,7 @@ class TrainConfig:
     nonfinite: Literal["raise", "skip"] = attrs.field(default="raise", validator=v.in_(("raise", "skip")))
     precision: Literal["fp32", "bf16", "fp16"] = attrs.field(default="fp32", validator=v.in_(("fp32", "bf16", "fp16")))
     compile: bool = attrs.field(default=False, validator=v.instance_of(bool))
+    capture: bool = attrs.field(default=False, validator=v.instance_of(bool))
     cache_teacher: bool = attrs.field(default=False, validator=v.instance_of(bool))
     device: str = attrs.field(default="auto", validator=v.instance_of(str))
     log_every: int = attrs.field(default=50, validator=integer(ge=1))
@@ -110,8 +116,10 @@ class TrainConfig:
         return device
 
 
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
-    """The autocast context of a ``precision`` (a no-op for ``"fp32"``): every forward pass of a run goes through it."""
+def autocast(device: torch.device, precision: str, *, cache: bool = True) -> contextlib.AbstractContextManager[Any]:
+    """The autocast context of a ``precision`` (a no-op for ``"fp32"``): every forward pass of a run goes through it.
+    ``cache=False`` turns off autocast's cache of cast weights (what a captured CUDA graph needs)."""
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype, cache_enabled=cache)

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from deepkd.callbacks import Callback, Checkpointer, TrainerView
+from deepkd.capture import CapturedStep
 from deepkd.checkpoint import CONFIG_FILE, RunDir
 from deepkd.data import Loader, count_batches, seed_loader, steps_per_epoch, unpack
 from deepkd.distributed import world_size
@@ -119,6 +120,7 @@ class Trainer(TrainerState):
         self.epoch = self.global_step = self.steps_per_epoch = self.num_classes = 0
         self.last_lr, self.should_stop, self._in_epoch = kwargs["lr"], False, False
         self._interrupts, self._resume = Interrupts(self._run, config.checkpoint_every_steps), None
+        self._captured: CapturedStep | None = None  # built by setup() when config.capture asks for it
         checkpointer = [Checkpointer(self._run)] if self._run else []  # last: it saves what the callbacks did
         self.callbacks: list[Callback] = [*loggers(config, self.run_dir), *callbacks, *checkpointer]
         self.teacher_source = TeacherSource(
@@ -173,6 +175,8 @@ class Trainer(TrainerState):
         elif resume:
             raise ConfigError("resume=True needs a run_dir to find the checkpoint in")
         self.teacher_source.prepare(train_loader, self.num_classes)
+        if self.config.capture:
+            self._captured = CapturedStep(self.step_function, self.optimizer)
 
     def start_epoch(self, train_loader: Loader) -> Iterator[Any]:
         """Train mode, this epoch's data order (from ``(seed, epoch)``) and a fresh meter; then ``on_epoch_start``.
@@ -191,13 +195,15 @@ class Trainer(TrainerState):
         return batches
 
     def training_step(self, batch: Any) -> StepOutput:
-        """One optimizer step: the student's logits, the teacher's, the distillation step, the learning-rate step."""
+        """One optimizer step: the student's logits, the teacher's, the distillation step, the learning-rate step
+        (the first three replayed as one CUDA graph with ``config.capture``)."""
         x, y, index = unpack(batch, self.device)
-        with autocast(self.device, self.config.precision):
-            logits = extract_logits(self.student_forward(x))
-        teacher_logits = self.teacher_source(x, index)
         self.last_lr = self.optimizer.param_groups[0]["lr"]
-        out = self.optimizer.distill_step(logits, teacher_logits, y, epoch=self.epoch)
+        if self._captured is None:
+            out, logits = self.step_function(x, y, index, epoch=self.epoch)
+        else:
+            inputs = (x, y) if index is None else (x, y, index.to(self.device, non_blocking=True))
+            out, logits = self._captured(*inputs, epoch=self.epoch)
         assert self.scheduler is not None, "training_step() runs once setup() has built the scheduler"
         self.scheduler.step()
         self.global_step += 1
@@ -205,6 +211,14 @@ class Trainer(TrainerState):
         if self.global_step % self.config.log_every == 0:  # a NaN loss under nonfinite="raise" surfaces here
             self.optimizer.check_finite()
         return out
+
+    def step_function(self, x: Any, y: Tensor, index: Tensor | None = None, *, epoch: int) -> tuple[StepOutput, Tensor]:
+        """The step's device work: the student's logits, the teacher's, the distillation step (what ``capture``
+        records as a graph)."""
+        with autocast(self.device, self.config.precision, cache=not self.config.capture):
+            logits = extract_logits(self.student_forward(x))
+        teacher_logits = self.teacher_source(x, index)
+        return self.optimizer.distill_step(logits, teacher_logits, y, epoch=epoch), logits
 
     def end_epoch(self, eval_loader: Loader | None = None) -> dict[str, Any]:
         """The epoch's record (training summary, evaluation on ``eval_loader``, wall time), appended to the history."""

@@ -24,7 +24,9 @@ class LossStrategy(Protocol):
 
     part_names: ClassVar[tuple[str, ...]]
     needs_teacher: ClassVar[bool]
-    # whether ``parts`` depends on ``epoch``; the optimizer then refuses a step without it (assumed True if absent)
+    # whether ``parts`` depends on ``epoch``; the optimizer then refuses a step without it (assumed True if absent).
+    # A loss may also define ``epoch_key(epoch)``: what of the epoch its parts depend on (DKD: the warm-up factor),
+    # so that a captured step (:mod:`deepkd.capture`) is reused across epochs with the same key.
     uses_epoch: bool
 
     def parts(
