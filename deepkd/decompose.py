@@ -164,7 +164,7 @@ class GradientBuffer:
     ...                  [[True, True]])
     >>> buf.data.shape, views[0][1][1].tolist()
     (torch.Size([2, 9]), [5.0, 5.0, 5.0])
-    >>> _ = buf.sanitize(torch.tensor(False)); float(buf.data.abs().sum())
+    >>> _ = buf.sanitize(torch.tensor(True)); float(buf.data.abs().sum())
     0.0
     """
 
@@ -237,10 +237,9 @@ class GradientBuffer:
             return [zero_filled(g, act, ps) for g, act, ps in zip(grads, active, self.param_groups)]
         return self._layout(active)[3]  # type: ignore[no-any-return]
 
-    def sanitize(self, ok: Tensor, grads: Sequence[Sequence[Sequence[Tensor]]] = ()) -> Tensor | None:
-        """Zero every gradient where the 0-dim bool ``ok`` is False (on the device); returns the buffer (``None``
+    def sanitize(self, skip: Tensor, grads: Sequence[Sequence[Sequence[Tensor]]] = ()) -> Tensor | None:
+        """Zero every gradient where the 0-dim bool ``skip`` is True (on the device); returns the buffer (``None``
         without one, when the tensors in ``grads`` are zeroed one by one instead)."""
-        skip = ~ok
         if self.data is not None:
             return self.data.masked_fill_(skip, 0)
         for per_group in grads:

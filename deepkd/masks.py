@@ -33,7 +33,7 @@ tensor([[False, False,  True,  True]])
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import attrs
 import torch
@@ -238,6 +238,7 @@ class NoMask:
     """No masking: NCKD over every non-target class."""
 
     form: MaskForm = attrs.field(default="bucket", init=False)
+    observes: ClassVar[bool] = False  # its state never changes: the optimizer need not count hits for it
 
     def init(self, num_classes: int) -> MaskState:
         return new_state(num_classes - 1, NO_PHASE)
@@ -260,6 +261,7 @@ class StaticMask:
     k: int | None = attrs.field(default=None, validator=v.optional(integer(ge=1)))
     fraction: float = attrs.field(default=0.25, validator=real(gt=0.0, le=1.0))
     form: MaskForm = attrs.field(default="bucket", validator=_form)
+    observes: ClassVar[bool] = False
 
     def init(self, num_classes: int) -> MaskState:
         return new_state(static_k(num_classes, self.k, self.fraction), NO_PHASE)

@@ -88,6 +88,7 @@ class _Runtime(NamedTuple):
     bad_step: Tensor  # int64: the first step whose loss was not finite (0: none yet)
     bad_parts: Tensor  # float32 [parts]: that step's loss parts
     skipped: Tensor  # int64: steps not applied
+    clean: Tensor  # bool: no step's loss has been non-finite yet
 
 
 class DistillOptimizer(torch.optim.Optimizer):
@@ -260,10 +261,7 @@ class DistillOptimizer(torch.optim.Optimizer):
         self.mask_state = MaskState(*(t.to(device) for t in self.recipe.mask.init(self.num_classes)))
         groups, parts = len(self.plan.groups), len(self.recipe.loss.part_names)
         params = [[p for p in g["params"]] for g in self.param_groups]
-        zero = torch.zeros((), dtype=torch.int64, device=device)
-        self._runtime = _Runtime(
-            GradientBuffer(params, groups), zero, zero.clone(), torch.zeros(parts, device=device), zero.clone()
-        )
+        self._runtime = _new_runtime(params, groups, parts, device, 0)
         return self._runtime
 
     def _keep(self, teacher: Tensor, target: Tensor) -> Keep | None:
@@ -282,9 +280,9 @@ class DistillOptimizer(torch.optim.Optimizer):
         keep = None if teacher is None else self._keep(teacher, target)
         parts = loss_cfg.parts(student, teacher, target, epoch=epoch, keep=keep)
         stacked = torch.stack([p.detach().float() for p in parts.values()])
-        halted = rt.bad_step > 0 if self.nonfinite == "raise" else None
+        halts = self.nonfinite == "raise"  # then every step from the first non-finite one on is not applied
         ok = torch.isfinite(stacked).all()
-        applied = ok if halted is None else ok & ~halted
+        applied = ok & rt.clean if halts else ok
         parts_of = on_samples(loss_cfg, student, teacher, target, epoch, keep)
 
         def split(m: int) -> Any:  # the gradient groups on m parts of this batch, for the rule's probe
@@ -302,20 +300,21 @@ class DistillOptimizer(torch.optim.Optimizer):
         if path is not None:  # the global batch's parts and counts; a NaN on one rank makes every rank skip
             stacked, hits, samples, sample = _mean_small_values(stacked, hits, len(target), sample)
             ok = torch.isfinite(stacked).all()
-            applied = ok if halted is None else ok & ~halted
+            applied = ok & rt.clean if halts else ok
         if path == "grads":  # one collective of k·|θ|
             distributed.all_reduce_mean_(
                 [rt.grads.data] if rt.grads.data is not None else [g for pg in grads for gs in pg for g in gs]
             )
-        rt.grads.sanitize(applied, grads)
+        skip = ~applied
+        rt.grads.sanitize(skip, grads)
         self._pending = (grads, active, ctx._replace(ok=applied, sample=sample))
         self.step()
-        gate = applied.to(hits.dtype)
         assert self.mask_state is not None
-        self.mask_state = mask_cfg.observe(self.mask_state, hits * gate, samples * gate, self.num_classes)
-        self._record(rt, stacked, ok, applied)
+        if getattr(mask_cfg, "observes", True):  # a skipped step observes no samples
+            self.mask_state = mask_cfg.observe(self.mask_state, hits * applied, samples * applied, self.num_classes)
+        self._record(rt, stacked, ok, skip)
         self._hits = hits
-        return self._pack(stacked, applied)
+        return self._pack(stacked, skip)
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:  # type: ignore[override]
@@ -356,16 +355,17 @@ class DistillOptimizer(torch.optim.Optimizer):
             out.append(tensor)
         return out
 
-    def _record(self, rt: _Runtime, parts: Tensor, ok: Tensor, applied: Tensor) -> None:
+    def _record(self, rt: _Runtime, parts: Tensor, ok: Tensor, skip: Tensor) -> None:
         """The non-finite record, on the device: the first step whose parts were not finite, its parts, and the
         count of steps not applied."""
         rt.step.add_(1)
-        first = ~ok & (rt.bad_step == 0)
-        rt.bad_step.copy_(torch.where(first, rt.step, rt.bad_step))
-        rt.bad_parts.copy_(torch.where(first, parts, rt.bad_parts))
-        rt.skipped.add_(~applied)
+        first = rt.clean & ~ok
+        rt.bad_step.masked_fill_(first, rt.step)
+        torch.where(first, parts, rt.bad_parts, out=rt.bad_parts)
+        rt.clean.logical_and_(ok)
+        rt.skipped.add_(skip)
 
-    def _pack(self, parts: Tensor, applied: Tensor) -> Tensor:
+    def _pack(self, parts: Tensor, skip: Tensor) -> Tensor:
         """The step's values in one float64 vector: parts, coefficients (when on the device), GSNR (when
         reported), K, phase, skipped."""
         assert self.mask_state is not None
@@ -374,7 +374,7 @@ class DistillOptimizer(torch.optim.Optimizer):
             pieces.append(self.offsets)
         if self.rule.report_gsnr is not None:
             pieces.append(self.rule.report_gsnr(self.rule_state))
-        pieces += [self.mask_state.k.view(1), self.mask_state.phase.view(1), (~applied).view(1)]
+        pieces += [self.mask_state.k.view(1), self.mask_state.phase.view(1), skip.view(1)]
         return torch.cat(pieces).double()
 
     def _output(self, step: int, packed: Tensor) -> StepOutput:
@@ -516,11 +516,14 @@ class DistillOptimizer(torch.optim.Optimizer):
     def _start_after_load(self, device: torch.device) -> None:
         groups, parts = len(self.plan.groups), len(self.recipe.loss.part_names)
         params = [[p for p in g["params"]] for g in self.param_groups]
-        zero = torch.zeros((), dtype=torch.int64, device=device)
-        self._runtime = _Runtime(
-            GradientBuffer(params, groups), zero + self.steps, zero.clone(), torch.zeros(parts, device=device),
-            zero.clone(),
-        )  # fmt: skip
+        self._runtime = _new_runtime(params, groups, parts, device, self.steps)
+
+
+def _new_runtime(params: list[list[Tensor]], groups: int, parts: int, device: torch.device, steps: int) -> _Runtime:
+    zero = torch.zeros((), dtype=torch.int64, device=device)
+    clean = torch.ones((), dtype=torch.bool, device=device)
+    return _Runtime(GradientBuffer(params, groups), zero + steps, zero.clone(), torch.zeros(parts, device=device),
+                    zero.clone(), clean)  # fmt: skip
 
 
 def _mean_small_values(
