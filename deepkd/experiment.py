@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader
 from deepkd import config as cfg
 from deepkd.callbacks import Callback
 from deepkd.checkpoint import check_state_dict, load_checkpoint, read_state_dict
-from deepkd.data import IndexedDataset, get_dataset, make_loaders
+from deepkd.data import IndexedDataset, Loader, device_loaders, get_dataset, make_loaders
 from deepkd.distributed import world_size
 from deepkd.errors import CheckpointError, ConfigError
 from deepkd.launch import process_group
@@ -83,6 +83,9 @@ class DataConfig:
     """Which data set (:func:`deepkd.data.get_dataset`) and how to load it.
 
     ``options`` go to the data set's builder (e.g. ``{num_samples = 512}`` for ``synthetic``); ``root`` too, when set.
+    ``on_device = true`` holds both sets on the training device and augments there
+    (:func:`deepkd.data.device_loaders`: CIFAR-10/100, Fashion-MNIST and in-memory tensor sets); ``num_workers``
+    then does not apply and is ignored (no worker processes run).
     """
 
     name: str = attrs.field(validator=v.instance_of(str))
@@ -91,6 +94,7 @@ class DataConfig:
     test_batch_size: int | None = attrs.field(default=None, validator=v.optional(_positive_int))
     num_workers: int = attrs.field(default=0, validator=integer(ge=0))
     drop_last: bool = attrs.field(default=False, validator=v.instance_of(bool))
+    on_device: bool = attrs.field(default=False, validator=v.instance_of(bool))
     options: dict[str, Any] = attrs.field(factory=dict)
 
 
@@ -264,23 +268,31 @@ def run(
     Under ``torchrun`` (``WORLD_SIZE > 1``) it starts the process group (:func:`deepkd.launch.process_group`), gives
     each rank its shard of the training set (``data.batch_size`` per rank) and of the test set, trains, and destroys
     the group; every rank returns the same history. ``history.interrupted`` tells a run stopped by a signal.
+    With ``data.on_device`` the loaders hold the data on ``train.device`` (:func:`deepkd.data.device_loaders`).
     """
     with process_group(config.train.dist_timeout, config.train.device):
         seed_everything(config.seed, config.deterministic)  # the same seed on every rank: the same initial student
         train_set, test_set, info = _datasets(config.data)
         if config.train.cache_teacher:
             train_set = IndexedDataset(train_set)
-        train_loader, test_loader = make_loaders(
-            train_set,
-            test_set,
-            config.data.batch_size,
-            seed=config.seed,
-            num_workers=config.data.num_workers,
-            drop_last=config.data.drop_last,
-            test_batch_size=config.data.test_batch_size,
-            rank=get_rank(),
-            world_size=world_size(),
-        )
+        train_loader: Loader
+        test_loader: Loader
+        shared: dict[str, Any] = {
+            "seed": config.seed,
+            "drop_last": config.data.drop_last,
+            "test_batch_size": config.data.test_batch_size,
+            "rank": get_rank(),
+            "world_size": world_size(),
+        }
+        if config.data.on_device:  # num_workers does not apply
+            device = config.train.resolved_device()
+            train_loader, test_loader = device_loaders(
+                train_set, test_set, config.data.batch_size, device=device, **shared
+            )
+        else:
+            train_loader, test_loader = make_loaders(
+                train_set, test_set, config.data.batch_size, num_workers=config.data.num_workers, **shared
+            )
         student = build_student(config.student, info.num_classes)
         teacher = _build_teacher(config.teacher, info.num_classes) if config.recipe.loss.needs_teacher else None
         trainer = Trainer(

@@ -83,20 +83,27 @@ def compute_teacher_logits(
     index order (the loader's batches must carry the index, see :class:`~deepkd.data.IndexedDataset`).
 
     On a distributed run each rank runs the teacher on its :class:`~deepkd.data.ShardSampler` share of the data set
-    only, and one all-reduce gives every rank the whole cache (the samples a rank draws change with the epoch)."""
+    only, and one all-reduce gives every rank the whole cache (the samples a rank draws change with the epoch).
+    A loader that holds its data on the device (:class:`~deepkd.data.DeviceLoader`) is read in order there, through
+    its ``in_order(rank, world_size)``."""
     dataset = getattr(loader, "dataset", None)
     if dataset is None:
         raise ConfigError("cache_teacher = true needs a DataLoader (its data set is read in order once)")
     distributed = is_distributed()
-    ordered = DataLoader(
-        dataset,
-        batch_size=getattr(loader, "batch_size", None) or 256,
-        sampler=ShardSampler(len(dataset), get_rank(), world_size()) if distributed else None,
-        shuffle=False,
-        num_workers=getattr(loader, "num_workers", 0),
-        collate_fn=getattr(loader, "collate_fn", None),
-        generator=torch.Generator(),  # keeps the global RNG untouched, so resumed runs stay exact
-    )
+    in_order = getattr(loader, "in_order", None)
+    ordered: Iterable[Any]
+    if callable(in_order):
+        ordered = in_order(get_rank(), world_size()) if distributed else in_order()
+    else:
+        ordered = DataLoader(
+            dataset,
+            batch_size=getattr(loader, "batch_size", None) or 256,
+            sampler=ShardSampler(len(dataset), get_rank(), world_size()) if distributed else None,
+            shuffle=False,
+            num_workers=getattr(loader, "num_workers", 0),
+            collate_fn=getattr(loader, "collate_fn", None),
+            generator=torch.Generator(),  # keeps the global RNG untouched, so resumed runs stay exact
+        )
     cache = torch.full((len(dataset), num_classes), 0.0 if distributed else math.nan, device=device)
     for batch in ordered:
         x, _, index = unpack(batch, device)

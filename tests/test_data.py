@@ -282,6 +282,10 @@ def test_cifar100_transforms() -> None:
     assert tuple(normalize.mean) == (0.5071, 0.4867, 0.4408) and tuple(normalize.std) == (0.2675, 0.2565, 0.2761)
     assert names(D.cifar100_transforms(train=False)) == ["ToTensor", "Normalize"]
     assert names(D.cifar100_transforms(train=True, augment=False)) == ["ToTensor", "Normalize"]
+    cifar10 = D.cifar10_transforms(train=True)
+    assert names(cifar10) == names(train) and cifar10.transforms[0].padding == 4
+    assert tuple(cifar10.transforms[-1].mean) == (0.4914, 0.4822, 0.4465)
+    assert tuple(cifar10.transforms[-1].std) == (0.2470, 0.2435, 0.2616)
 
 
 def test_imagenet_transforms() -> None:
@@ -298,6 +302,8 @@ def test_imagenet_transforms() -> None:
 def test_cifar100_and_imagenet_missing_data(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="cifar-100-python"):
         D.cifar100(tmp_path)
+    with pytest.raises(DataError, match=r"CIFAR-10 not found.*cifar-10-batches-py"):
+        D.get_dataset("cifar10", root=str(tmp_path))
     with pytest.raises(DataError, match="train/<wnid>"):
         D.imagenet(tmp_path)
     assert list(tmp_path.iterdir()) == []  # nothing downloaded or created
@@ -392,6 +398,7 @@ def test_get_dataset() -> None:
     assert info.name == "synthetic" and info.num_classes == 3 and info["input_shape"] == (2, 4)
     assert train.inputs.shape[1:] == info.input_shape
     assert set(D.DATASETS.names()) == {
+        "cifar10",
         "cifar100",
         "digits",
         "fashion_mnist",
@@ -414,7 +421,7 @@ def test_get_dataset_pairs_and_fashion(flat_root: Path) -> None:
 def test_get_dataset_errors() -> None:
     with pytest.raises(UnknownStrategyError, match="Did you mean 'digits'") as info:
         D.get_dataset("digit")
-    for name in ("fashion_mnist", "fashion_mnist_pairs", "cifar100", "imagenet", "synthetic"):
+    for name in ("fashion_mnist", "fashion_mnist_pairs", "cifar10", "cifar100", "imagenet", "synthetic"):
         assert name in str(info.value)
     with pytest.raises(ConfigError, match="num_classes"):
         D.get_dataset("synthetic", num_clases=3)

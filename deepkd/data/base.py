@@ -5,7 +5,7 @@ augmentation, seeded DataLoaders, and the batch handling of the training loop (:
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -35,16 +35,35 @@ class LabeledTensorDataset(TensorDataset):
     """A :class:`~torch.utils.data.TensorDataset` of ``(inputs, targets)`` held in memory, with class metadata.
 
     Items are ``(inputs[i], targets[i])``; no transform runs, so the set never augments randomly.
+
+    A set built from 8-bit images may also keep them: ``pixels`` (uint8 ``[N, C, H, W]``) with ``normalise_pixels``,
+    the function that turns any batch of them into the matching rows of ``inputs`` exactly. A loader that holds the
+    data on the GPU (:class:`deepkd.data.DeviceLoader`) then stores one byte per pixel instead of four.
     """
 
     random_augmentation = False
 
     def __init__(
-        self, inputs: torch.Tensor, targets: torch.Tensor, num_classes: int, classes: Sequence[str] | None = None
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        num_classes: int,
+        classes: Sequence[str] | None = None,
+        *,
+        pixels: torch.Tensor | None = None,
+        normalise_pixels: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         super().__init__(inputs, targets)
         self.num_classes = int(num_classes)
         self.classes: tuple[str, ...] | None = tuple(classes) if classes is not None else None
+        if (pixels is None) != (normalise_pixels is None):
+            raise InputError("pixels and normalise_pixels go together: give both or neither")
+        if pixels is not None and (pixels.dtype != torch.uint8 or pixels.dim() != 4 or len(pixels) != len(inputs)):
+            raise InputError(
+                f"pixels must be uint8 [N, C, H, W] with N = {len(inputs)}, got {pixels.dtype} {list(pixels.shape)}"
+            )
+        self.pixels = pixels
+        self.normalise_pixels = normalise_pixels
 
     @property
     def inputs(self) -> torch.Tensor:

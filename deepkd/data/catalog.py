@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from deepkd.data.fashion import fashion_mnist, fashion_mnist_pairs
 from deepkd.data.small import digits, synthetic
-from deepkd.data.vision import cifar100, imagenet
+from deepkd.data.vision import cifar10, cifar100, imagenet
 from deepkd.errors import ConfigError
 from deepkd.registry import Registry
 
@@ -56,6 +56,11 @@ def _digits(test_fraction: float = 0.25, seed: int = 0) -> Splits:
     return digits(True, test_fraction, seed), digits(False, test_fraction, seed), DatasetInfo("digits", 10, (1, 8, 8))
 
 
+@DATASETS.register("cifar10")
+def _cifar10(root: str | os.PathLike[str], augment: bool = True) -> Splits:
+    return cifar10(root, True, augment), cifar10(root, False, augment), DatasetInfo("cifar10", 10, (3, 32, 32))
+
+
 @DATASETS.register("cifar100")
 def _cifar100(root: str | os.PathLike[str], augment: bool = True) -> Splits:
     return cifar100(root, True, augment), cifar100(root, False, augment), DatasetInfo("cifar100", 100, (3, 32, 32))
@@ -87,8 +92,8 @@ def get_dataset(name: str, **options: Any) -> Splits:
     """Build the train and test sets registered as ``name`` and describe them.
 
     Names: ``fashion_mnist`` (root), ``fashion_mnist_pairs`` (root, size, test_size, seed), ``digits``
-    (test_fraction, seed), ``cifar100`` (root, augment), ``imagenet`` (root, augment), ``synthetic`` (num_samples,
-    num_test_samples, num_classes, shape, seed, noise).
+    (test_fraction, seed), ``cifar10`` and ``cifar100`` (root, augment), ``imagenet`` (root, augment), ``synthetic``
+    (num_samples, num_test_samples, num_classes, shape, seed, noise).
 
     Raises:
         UnknownStrategyError: ``name`` is not registered (the message lists the names and the closest one).

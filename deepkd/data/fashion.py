@@ -26,6 +26,7 @@ __all__ = [
     "fashion_mnist",
     "fashion_mnist_pairs",
     "find_fashion_mnist",
+    "normalise_pixels",
 ]
 
 FASHION_MNIST_MEAN = 0.2860
@@ -98,9 +99,9 @@ def _load_raw(root: str | os.PathLike[str] | None, train: bool) -> tuple[torch.T
     return _load_cached(images.resolve(), labels.resolve(), stamp)
 
 
-def _normalise(images: torch.Tensor) -> torch.Tensor:
-    # (x / 255 - mean) / std in two passes.
-    return images.unsqueeze(1).float().mul_(1 / (255 * FASHION_MNIST_STD)).sub_(FASHION_MNIST_MEAN / FASHION_MNIST_STD)
+def normalise_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    """Float inputs from uint8 images of any shape, on their device: ``(x / 255 - mean) / std`` in two passes."""
+    return pixels.float().mul_(1 / (255 * FASHION_MNIST_STD)).sub_(FASHION_MNIST_MEAN / FASHION_MNIST_STD)
 
 
 def fashion_mnist(root: str | os.PathLike[str] | None = None, train: bool = True) -> LabeledTensorDataset:
@@ -118,7 +119,11 @@ def fashion_mnist(root: str | os.PathLike[str] | None = None, train: bool = True
         DataError: the files are missing (the message says how to install them) or malformed.
     """
     images, labels = _load_raw(root, train)
-    return LabeledTensorDataset(_normalise(images), labels.long(), 10, FASHION_MNIST_CLASSES)
+    pixels = images.unsqueeze(1)  # a view of the cached images, kept for loaders that hold uint8 on the GPU
+    inputs = normalise_pixels(pixels)
+    return LabeledTensorDataset(
+        inputs, labels.long(), 10, FASHION_MNIST_CLASSES, pixels=pixels, normalise_pixels=normalise_pixels
+    )
 
 
 class PairDataset(LabeledTensorDataset):
@@ -126,9 +131,16 @@ class PairDataset(LabeledTensorDataset):
     ``i``'s left and right images in the source split."""
 
     def __init__(
-        self, inputs: torch.Tensor, targets: torch.Tensor, source_indices: torch.Tensor, classes: tuple[str, ...]
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        source_indices: torch.Tensor,
+        classes: tuple[str, ...],
+        pixels: torch.Tensor | None = None,
     ) -> None:
-        super().__init__(inputs, targets, 100, classes)
+        super().__init__(
+            inputs, targets, 100, classes, pixels=pixels, normalise_pixels=None if pixels is None else normalise_pixels
+        )
         self.source_indices = source_indices
 
 
@@ -172,6 +184,6 @@ def fashion_mnist_pairs(
         draws = torch.cat([pool[torch.randperm(len(pool), generator=g)] for _ in range(rounds)])
         source[where] = draws[: len(where)]
     left, right = source[:size], source[size:]
-    x = _normalise(torch.cat([images[left], images[right]], dim=2))
+    pixels = torch.cat([images[left], images[right]], dim=2).unsqueeze(1)
     names = tuple(f"{a} | {b}" for a in FASHION_MNIST_CLASSES for b in FASHION_MNIST_CLASSES)
-    return PairDataset(x, pair_class.long(), torch.stack([left, right], dim=1), names)
+    return PairDataset(normalise_pixels(pixels), pair_class.long(), torch.stack([left, right], dim=1), names, pixels)

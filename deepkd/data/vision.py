@@ -1,4 +1,4 @@
-"""CIFAR-100 and ImageNet through torchvision, for users who have the files, with the standard transforms.
+"""CIFAR-10, CIFAR-100 and ImageNet through torchvision, for users who have the files, with the standard transforms.
 
 Nothing is downloaded: a missing data set raises :class:`~deepkd.errors.DataError` that says where the files go.
 torchvision is imported only when one of these functions is called.
@@ -13,16 +13,22 @@ from typing import Any
 from deepkd.errors import DataError
 
 __all__ = [
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
     "CIFAR100_MEAN",
     "CIFAR100_STD",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "cifar10",
+    "cifar10_transforms",
     "cifar100",
     "cifar100_transforms",
     "imagenet",
     "imagenet_transforms",
 ]
 
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)
 CIFAR100_STD = (0.2675, 0.2565, 0.2761)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -33,16 +39,26 @@ def _transforms() -> Any:
     try:
         from torchvision import transforms
     except ImportError as exc:
-        raise DataError("CIFAR-100 and ImageNet need torchvision: `pip install torchvision`") from exc
+        raise DataError("CIFAR-10, CIFAR-100 and ImageNet need torchvision: `pip install torchvision`") from exc
     return transforms
+
+
+def _cifar_transforms(mean: tuple[float, ...], std: tuple[float, ...], train: bool, augment: bool) -> Any:
+    T = _transforms()
+    steps = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if train and augment else []
+    return T.Compose([*steps, T.ToTensor(), T.Normalize(mean, std)])
+
+
+def cifar10_transforms(train: bool = True, augment: bool = True) -> Any:
+    """The CIFAR-10 pipeline: as :func:`cifar100_transforms`, normalised with :data:`CIFAR10_MEAN`,
+    :data:`CIFAR10_STD`."""
+    return _cifar_transforms(CIFAR10_MEAN, CIFAR10_STD, train, augment)
 
 
 def cifar100_transforms(train: bool = True, augment: bool = True) -> Any:
     """The CIFAR-100 pipeline: train with augment = RandomCrop(32, padding=4) + RandomHorizontalFlip, then always
     ToTensor + Normalize(:data:`CIFAR100_MEAN`, :data:`CIFAR100_STD`)."""
-    T = _transforms()
-    steps = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if train and augment else []
-    return T.Compose([*steps, T.ToTensor(), T.Normalize(CIFAR100_MEAN, CIFAR100_STD)])
+    return _cifar_transforms(CIFAR100_MEAN, CIFAR100_STD, train, augment)
 
 
 def imagenet_transforms(train: bool = True, augment: bool = True) -> Any:
@@ -54,6 +70,25 @@ def imagenet_transforms(train: bool = True, augment: bool = True) -> Any:
     else:
         steps = [T.Resize(256), T.CenterCrop(224)]
     return T.Compose([*steps, T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def cifar10(root: str | os.PathLike[str], train: bool = True, augment: bool = True) -> Any:
+    """CIFAR-10 (``torchvision.datasets.CIFAR10``) from ``root/cifar-10-batches-py/``, with :func:`cifar10_transforms`.
+
+    Raises:
+        DataError: the files are not there; the message says where to put them.
+    """
+    from torchvision import datasets
+
+    transform = cifar10_transforms(train, augment)
+    try:
+        return datasets.CIFAR10(str(Path(root).expanduser()), train=train, transform=transform, download=False)
+    except (RuntimeError, FileNotFoundError, OSError) as exc:
+        raise DataError(
+            f"CIFAR-10 not found under {str(root)!r} ({exc}). Extract the python version, cifar-10-python.tar.gz "
+            "from https://www.cs.toronto.edu/~kriz/cifar.html, so that root/cifar-10-batches-py/ holds data_batch_1 "
+            "to data_batch_5, test_batch and batches.meta, and pass that root."
+        ) from exc
 
 
 def cifar100(root: str | os.PathLike[str], train: bool = True, augment: bool = True) -> Any:
