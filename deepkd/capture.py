@@ -197,7 +197,7 @@ class CapturedStep:
         self._pool = self._pool if self._pool is not None else torch.cuda.graph_pool_handle()
         self._graph = None
         try:
-            with torch.cuda.graph(graph, pool=self._pool):
+            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
                 result = self.fn(*statics, epoch=epoch)
         except Exception as exc:  # an operation that cannot be captured: undo the host's bookkeeping, run eagerly
             _restore_host_state(opt, host)
