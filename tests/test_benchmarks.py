@@ -230,3 +230,40 @@ def test_runs_in_worker_processes_equal_runs_in_this_process():
     there = accuracy.execute(jobs, contexts, workers=2, threads=1, log=lambda _: None)
     key = ("dataset", "method", "seed", "test_top1", "val_top1", "train_top1", "trace")
     assert [[r[k] for k in key] for r in here] == [[r[k] for k in key] for r in there]
+
+
+def test_gpu_benchmark_references_compute_deepkds_losses():
+    """The plain-PyTorch references of benchmarks.gpu do the maths of deepkd's KD and DKD (mdistiller's)."""
+    from benchmarks import gpu
+
+    torch.manual_seed(0)
+    s, t, y = torch.randn(16, 100), torch.randn(16, 100), torch.randint(0, 100, (16,))
+    dkd = gpu.RECIPES["deepkd"].loss.parts(s, t, y, epoch=gpu.EPOCH, keep=None)
+    assert torch.allclose(torch.stack(gpu.dkd_parts(s, t, y)), torch.stack([dkd[k] for k in ("task", "tckd", "nckd")]))
+    kd = gpu.RECIPES["kd"].loss.parts(s, t, y, epoch=gpu.EPOCH, keep=None)
+    assert torch.allclose(gpu.kd_loss(s, t, y), sum(kd.values()))
+
+
+def test_gpu_benchmark_quick_run_on_the_cpu(tmp_path):
+    """benchmarks.gpu end to end at smoke sizes on the CPU: every eager variant timed, the CUDA-only ones recorded
+    as errors (or, for deepkd's capture, as the reason it ran eagerly), the syncs skipped, both files written."""
+    from benchmarks import gpu
+
+    out = tmp_path / "gpu"
+    args = ["--device", "cpu", "--quick", "--out", str(out), "--budget", "600", "--setups", "cifar64,imagenet"]
+    report = gpu.main([*args, "--epoch-images", "128"])
+    saved = json.loads((out / "gpu.json").read_text())
+    assert saved["machine"]["deepkd"] == deepkd.__version__ and saved["machine"]["command"].endswith("128")
+    eager = {"plain KD", "floor-3", "kd", "dkd", "dot", "deepkd", "deepkd[batched]", "official"}
+    assert [r["setup"] for r in report["steps"]] == ["cifar64", "imagenet"]
+    for res in saved["steps"]:
+        assert eager <= set(res["ms_per_step"]) and all(ms > 0 for ms in res["ms_per_step"].values())
+        assert set(res["errors"]) == {"plain KD[captured]", "floor-3[captured]"}
+        assert "CUDA" in res["capture"]["deepkd[captured]"]["reason"]
+        assert res["ratios"]["deepkd / floor-3"] > 0 and res["ratios"]["plain KD captured / plain"] is None
+    assert "skipped" in saved["syncs"]
+    rows = saved["epochs"]["variants"]
+    assert len(rows) == 12 and all(("epoch_s" in r) != ("error" in r) for r in rows)
+    assert all(r["epoch_s"] > 0 and r["steps"] == 2 for r in rows if "[captured]" not in r["variant"])
+    md = (out / "gpu.md").read_text()
+    assert "### Step time" in md and "### Syncs per step" in md and "### Epoch time" in md
