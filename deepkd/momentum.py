@@ -337,7 +337,8 @@ def apply_directions(
         scale: Tensor = -lr if gate is None else torch.where(gate, -lr, 0.0)
         alpha = 1.0
     else:
-        scale, alpha = gate, -lr  # type: ignore[assignment]
+        assert gate is not None
+        scale, alpha = gate.to(params[0].dtype), -lr
     if foreach:
         total = list(torch._foreach_mul(list(directions[0]), scale))
         for d in directions[1:]:

@@ -360,7 +360,7 @@ class DistillOptimizer(torch.optim.Optimizer):
         count of steps not applied."""
         rt.step.add_(1)
         first = rt.clean & ~ok
-        rt.bad_step.masked_fill_(first, rt.step)
+        torch.where(first, rt.step, rt.bad_step, out=rt.bad_step)  # masked_fill_ with a tensor value would read it
         torch.where(first, parts, rt.bad_parts, out=rt.bad_parts)
         rt.clean.logical_and_(ok)
         rt.skipped.add_(skip)
