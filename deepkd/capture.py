@@ -93,9 +93,9 @@ class CapturedStep:
         warmup: ordinary eager steps before the first capture (lazy initialisation, cuDNN's algorithm choice).
         enabled: ``False`` runs every step eagerly (``reason`` says so).
 
-    Calling it returns what ``fn`` returns. After a replay the StepOutput's values are copies; the other tensors are
-    the graph's own outputs, overwritten by the next replay (copy what you keep). Attributes: ``reason`` (why the
-    steps run eagerly, or ``None``), ``captures`` and ``replays`` (counts).
+    Calling it returns what ``fn`` returns, its tensors detached. After a replay the StepOutput's values are copies;
+    the other tensors are the graph's own outputs, overwritten by the next replay (copy what you keep). Attributes:
+    ``reason`` (why the steps run eagerly, or ``None``), ``captures`` and ``replays`` (counts).
     """
 
     def __init__(
@@ -113,7 +113,6 @@ class CapturedStep:
         self._key: tuple[Hashable, Hashable] | None = None
         self._inputs: list[Tensor] = []
         self._result: Any = None
-        self._pool: Any = None
         self._warm: dict[tuple[Hashable, Hashable], int] = {}
         self._pointers: dict[str, int] | None = None
         self._version = optimizer.state_version
@@ -163,9 +162,10 @@ class CapturedStep:
         return self._capture(inputs, epoch, key)
 
     def _eager(self, inputs: Sequence[Tensor], epoch: int, key: tuple[Hashable, Hashable], *, count: bool) -> Any:
-        """One step run as it is, then a check that the optimizer kept its state tensors where they were. Warm-up
-        steps run on a side stream: capture's lazy initialisation must happen off the default stream."""
-        if not count:
+        """One step run as it is, then a check that the optimizer kept its state tensors where they were. Until the
+        first capture every step runs on a side stream, as graph capture requires of the steps before it (lazy
+        initialisation off the default stream)."""
+        if self.captures:
             result = self.fn(*inputs, epoch=epoch)
         else:
             stream = self._stream = self._stream or torch.cuda.Stream()
@@ -173,9 +173,10 @@ class CapturedStep:
             with torch.cuda.stream(stream):
                 result = self.fn(*inputs, epoch=epoch)
             torch.cuda.current_stream().wait_stream(stream)
+        if count:
             self._warm[key] = self._warm.get(key, 0) + 1
         self._check_pointers()
-        return result
+        return _detached(result)
 
     def _check_pointers(self) -> None:
         now = _pointers(self.optimizer)
@@ -193,18 +194,17 @@ class CapturedStep:
         opt = self.optimizer
         host = _host_state(opt)
         statics = [t.clone() for t in inputs]
+        self._graph, self._result, self._inputs = None, None, []  # an earlier graph (another epoch key) goes first
         graph = torch.cuda.CUDAGraph()
-        self._pool = self._pool if self._pool is not None else torch.cuda.graph_pool_handle()
-        self._graph = None
         try:
-            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-                result = self.fn(*statics, epoch=epoch)
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                result = _detached(self.fn(*statics, epoch=epoch))
         except Exception as exc:  # an operation that cannot be captured: undo the host's bookkeeping, run eagerly
             _restore_host_state(opt, host)
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             self._refuse(f"capturing it failed: {first}")
             torch.cuda.synchronize()
-            return self.fn(*inputs, epoch=epoch)
+            return _detached(self.fn(*inputs, epoch=epoch))
         self._graph, self._key, self._inputs, self._result = graph, key, statics, result
         self.captures += 1
         graph.replay()  # capturing recorded the step; this runs it
@@ -220,6 +220,15 @@ class CapturedStep:
         captured = _out_of(self._result)
         out = self.optimizer.replayed(captured.tensor.clone(), _clone(captured.correct))
         return _with_output(self._result, out)
+
+
+def _detached(result: Any) -> Any:
+    """``fn``'s result with its tensors detached: a reference to a step's autograd graph that outlives the step (the
+    logits, say) keeps its gradient accumulators alive on the stream they were made on, and a later capture of the
+    backward then waits across streams, which ends the capture."""
+    if isinstance(result, tuple):
+        return tuple(r.detach() if isinstance(r, Tensor) else r for r in result)
+    return result
 
 
 def _with_output(result: Any, out: StepOutput) -> Any:
