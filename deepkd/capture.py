@@ -144,10 +144,10 @@ class CapturedStep:
     def __call__(self, *inputs: Any, epoch: int) -> Any:
         opt = self.optimizer
         if self.reason is not None:
-            return self.fn(*inputs, epoch=epoch)
+            return _detached(self.fn(*inputs, epoch=epoch))
         if not all(isinstance(t, Tensor) and t.is_cuda for t in inputs):
             self._refuse("the step's inputs are not all CUDA tensors")
-            return self.fn(*inputs, epoch=epoch)
+            return _detached(self.fn(*inputs, epoch=epoch))
         if opt.state_version != self._version:  # a loaded state: its tensors are new
             self._version, self._graph, self._pointers, self._warm = opt.state_version, None, None, {}
         key = (tuple((tuple(t.shape), t.dtype) for t in inputs), _epoch_key(opt, epoch))

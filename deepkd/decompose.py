@@ -31,6 +31,7 @@ __all__ = [
     "Mode",
     "by_param_group",
     "decompose",
+    "decompose_logits",
     "decompose_splits",
     "group_losses",
     "trainable",
@@ -91,6 +92,42 @@ def decompose(
         ]
         return [[gp[i] for gp in per_param] for i in range(len(losses))]
     raise ValueError(f"mode must be 'sequential' or 'batched', got {mode!r}")
+
+
+def decompose_logits(
+    logits: Tensor,
+    grads: Sequence[Tensor],
+    params: Sequence[Tensor],
+    *,
+    mode: Mode = "sequential",
+    retain_graph: bool = False,
+) -> list[list[Tensor]]:
+    """:func:`decompose` for losses whose gradients with respect to the ``logits`` are known (``grads[group]``,
+    ``[B, C]``, see :meth:`deepkd.losses.KD.parts_and_grads`): one vector–Jacobian product of the network per
+    group, ``torch.autograd.grad(logits, params, grad_outputs=grads[group])``, and no backward pass through the
+    loss. ``batched`` takes every group's product in one vectorised call."""
+    params = list(params)
+    outputs = [g.to(logits.dtype) for g in grads]
+    if not params:
+        return [[] for _ in outputs]
+    if mode == "batched" and len(outputs) > 1:
+        g = torch.autograd.grad(
+            logits, params, grad_outputs=torch.stack(outputs), retain_graph=retain_graph, allow_unused=True,
+            is_grads_batched=True,
+        )  # fmt: skip
+        per_param = [
+            torch.zeros((len(outputs), *p.shape), dtype=p.dtype, device=p.device) if gi is None else gi
+            for gi, p in zip(g, params)
+        ]
+        return [[gp[i] for gp in per_param] for i in range(len(outputs))]
+    if mode not in ("sequential", "batched"):
+        raise ValueError(f"mode must be 'sequential' or 'batched', got {mode!r}")
+    out = []
+    for i, grad in enumerate(outputs):
+        keep = retain_graph or i < len(outputs) - 1
+        g = torch.autograd.grad(logits, params, grad_outputs=grad, retain_graph=keep, allow_unused=True)
+        out.append([torch.zeros_like(p) if gi is None else gi for gi, p in zip(g, params)])
+    return out
 
 
 def decompose_splits(

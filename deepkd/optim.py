@@ -55,7 +55,7 @@ from torch import Tensor
 from deepkd import distributed
 from deepkd.checkpoint import check_recipe, pack_state, unpack_state
 from deepkd.config import unstructure
-from deepkd.decompose import GradientBuffer, Mode, decompose, decompose_splits, trainable
+from deepkd.decompose import GradientBuffer, Mode, decompose, decompose_logits, decompose_splits, trainable
 from deepkd.errors import CheckpointError, DeepKDError, NonFiniteLossError
 from deepkd.losses import Keep, check_call, on_samples, validate_logits
 from deepkd.masks import PHASE_NAMES, MaskState, keep_mask
@@ -278,8 +278,13 @@ class DistillOptimizer(torch.optim.Optimizer):
         packed in one float64 vector (see :meth:`_output`)."""
         loss_cfg, mask_cfg = self.recipe.loss, self.recipe.mask
         keep = None if teacher is None else self._keep(teacher, target)
-        parts = loss_cfg.parts(student, teacher, target, epoch=epoch, keep=keep)
-        stacked = torch.stack([p.detach().float() for p in parts.values()])
+        fused = getattr(loss_cfg, "parts_and_grads", None)  # values and logit gradients in closed form
+        closed = fused(student, teacher, target, epoch=epoch, keep=keep) if fused is not None else None
+        if closed is not None:
+            stacked = torch.stack([closed.values[name] for name in loss_cfg.part_names]).float()
+        else:
+            parts = loss_cfg.parts(student, teacher, target, epoch=epoch, keep=keep)
+            stacked = torch.stack([p.detach().float() for p in parts.values()])
         halts = self.nonfinite == "raise"  # then every step from the first non-finite one on is not applied
         ok = torch.isfinite(stacked).all()
         applied = ok & rt.clean if halts else ok
@@ -291,7 +296,12 @@ class DistillOptimizer(torch.optim.Optimizer):
 
         self.rule_state = self.rule.probe(self.rule_state, self._context(step, None, split, ok=applied))
         active, flat_params = trainable(self.param_groups)
-        grads = rt.grads.load(decompose(parts, self.plan.groups, flat_params, mode=self.decomposition), active)
+        if closed is not None:  # one product of the network per group, no backward pass through the loss
+            logit_grads = [_group_sum(closed.grads, group) for group in self.plan.groups]
+            raw = decompose_logits(student, logit_grads, flat_params, mode=self.decomposition)
+        else:
+            raw = decompose(parts, self.plan.groups, flat_params, mode=self.decomposition)
+        grads = rt.grads.load(raw, active)
         hits = (student.detach().argmax(dim=1) == target).sum()
         samples: Tensor | int = target.numel()
         ctx = self._context(step, rt.grads.full(grads, active), ok=applied, flat=rt.grads.flat)
@@ -517,6 +527,13 @@ class DistillOptimizer(torch.optim.Optimizer):
         groups, parts = len(self.plan.groups), len(self.recipe.loss.part_names)
         params = [[p for p in g["params"]] for g in self.param_groups]
         self._runtime = _new_runtime(params, groups, parts, device, self.steps)
+
+
+def _group_sum(grads: dict[str, Tensor], group: Sequence[str]) -> Tensor:
+    total = grads[group[0]]
+    for name in group[1:]:
+        total = total + grads[name]
+    return total
 
 
 def _new_runtime(params: list[list[Tensor]], groups: int, parts: int, device: torch.device, steps: int) -> _Runtime:

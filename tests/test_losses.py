@@ -232,3 +232,78 @@ def test_dkd_parts_scale_with_alpha_beta_and_warmup():
     torch.testing.assert_close(parts["task"], 0.5 * L.ce(s, y).mean())
     torch.testing.assert_close(parts["tckd"], 2.0 * 0.25 * L.tckd(s, t, y).mean())
     torch.testing.assert_close(parts["nckd"], 8.0 * 0.25 * L.nckd(s, t, y).mean())
+
+
+# ---------------------------------------------------------------------------------------------- the closed-form head
+def _keep(teacher: torch.Tensor, target: torch.Tensor, k: int | None, form: str) -> L.Keep | None:
+    if k is None:
+        return None
+    mask = topk_keep_mask(teacher, target, k)
+    return L.Keep(~L.target_mask(teacher, target) if mask is None else mask, form)  # type: ignore[arg-type]
+
+
+@given(
+    logits_batch(min_classes=3),
+    temperatures,
+    st.one_of(st.none(), st.integers(1, 12)),
+    st.sampled_from(["bucket", "renormalize"]),
+)
+def test_the_closed_form_head_gives_the_values_and_autograds_gradients(batch, temperature, k, form):
+    """head_terms: TCKD and NCKD exactly as tckd/nckd compute them, and their gradients with respect to the student
+    logits equal autograd's through those functions (to rounding), with or without a mask of either form."""
+    s, t, y = batch
+    keep = _keep(t, y, k, form)
+    s = s.requires_grad_()
+    tc, nc = L.tckd(s, t, y, temperature), L.nckd(s, t, y, temperature, keep=keep)
+    g_tc, g_nc = (torch.autograd.grad(v.sum(), s, retain_graph=True)[0] for v in (tc, nc))
+    h = L.head_terms(s, t, y, temperature, keep)
+    assert torch.equal(h.tckd, tc) and torch.equal(h.nckd, nc)
+    scale = 1 + s.detach().abs().max().item()
+    torch.testing.assert_close(h.d_tckd, g_tc, atol=1e-5 * scale, rtol=1e-4)
+    torch.testing.assert_close(h.d_nckd, g_nc, atol=1e-5 * scale, rtol=1e-4)
+    assert torch.allclose(h.d_tckd.sum(1), torch.zeros(len(y)), atol=1e-4)  # each row sums to 0 over classes
+    assert torch.allclose(h.d_nckd.sum(1), torch.zeros(len(y)), atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        deepkd.KD(),
+        deepkd.KD(split="official", w_ce=0.5),
+        deepkd.DKD(beta=6.0, warmup=4),
+        deepkd.CE(w_ce=0.7),
+    ],
+    ids=["kd", "kd-official", "dkd", "ce"],
+)
+@given(
+    logits_batch(min_classes=3), st.one_of(st.none(), st.integers(1, 12)), st.sampled_from(["bucket", "renormalize"])
+)
+def test_a_strategys_parts_and_grads_match_its_autograd_parts(loss, batch, k, form):
+    s, t, y = batch
+    keep = _keep(t, y, k, form)
+    s = s.requires_grad_()
+    parts = loss.parts(s, t, y, epoch=2, keep=keep)
+    closed = loss.parts_and_grads(s, t, y, epoch=2, keep=keep)
+    assert list(closed.values) == list(parts) == list(loss.part_names)
+    for name, value in parts.items():
+        torch.testing.assert_close(closed.values[name], value.detach(), atol=1e-6, rtol=1e-5)
+        assert not closed.values[name].requires_grad and not closed.grads[name].requires_grad
+        grad = torch.autograd.grad(value, s, retain_graph=True, allow_unused=True)[0]
+        grad = torch.zeros_like(s) if grad is None else grad
+        scale = 1 + s.detach().abs().max().item()
+        torch.testing.assert_close(closed.grads[name], grad, atol=1e-6 * scale, rtol=1e-4)
+
+
+def test_standardized_logits_are_left_to_autograd():
+    s, t, y = torch.randn(4, 5), torch.randn(4, 5), torch.tensor([0, 1, 2, 3])
+    assert deepkd.KD(standardize=True).parts_and_grads(s, t, y) is None
+    assert deepkd.DKD(standardize=True).parts_and_grads(s, t, y) is None
+
+
+def test_the_closed_form_head_stays_finite_for_one_hot_teachers_and_huge_logits():
+    s = torch.tensor([[1e4, -1e4, 0.0, 3.0], [0.0, 0.0, 0.0, 0.0]])
+    t = torch.tensor([[-1e4, 1e4, -1e4, -1e4], [50.0, -50.0, 0.0, 1.0]])
+    y = torch.tensor([1, 0])
+    for k, form in ((None, "bucket"), (1, "bucket"), (2, "renormalize")):
+        h = L.head_terms(s, t, y, 4.0, _keep(t, y, k, form))
+        assert all(torch.isfinite(x).all() for x in h)
