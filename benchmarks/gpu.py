@@ -360,6 +360,7 @@ def step_variants(m: Models, official: deepkd.Recipe, captured: bool = True) -> 
         out["floor-3[captured]"] = reference(floor3, True)
         out["kd[captured]"] = recipe(RECIPES["kd"], True)
         out["deepkd[captured]"] = recipe(RECIPES["deepkd"], True)
+        out["deepkd[batched][captured]"] = recipe(RECIPES["deepkd"], True, decomposition="batched")
     return out
 
 
@@ -485,6 +486,7 @@ def step_ratios(ms: dict[str, float]) -> dict[str, float | None]:
         out[f"{name} captured / plain"] = ratio(ms, f"{name}[captured]", name)
     out["deepkd captured / floor-3 captured"] = ratio(ms, "deepkd[captured]", "floor-3[captured]")
     out["kd captured / plain KD captured"] = ratio(ms, "kd[captured]", "plain KD[captured]")
+    out["batched / sequential deepkd, captured"] = ratio(ms, "deepkd[batched][captured]", "deepkd[captured]")
     return out
 
 
@@ -680,12 +682,7 @@ def epoch_variant(ctx: EpochContext, method: str, capture: bool, kind: str) -> d
     return {**clock.finish(), "warmup_s": warm_s, **info}
 
 
-EPOCH_VARIANTS = [
-    (kind, capture, method)
-    for kind in ("cpu", "device")
-    for capture in (False, True)
-    for method in ("plain KD", "kd", "deepkd")
-]
+EPOCH_VARIANTS = [(capture, method) for capture in (False, True) for method in ("plain KD", "kd", "deepkd")]
 
 
 def epoch_context(args: argparse.Namespace) -> EpochContext:
@@ -714,7 +711,7 @@ def epoch_context(args: argparse.Namespace) -> EpochContext:
 def bench_epochs(args: argparse.Namespace, deadline: Deadline) -> dict[str, Any]:
     ctx = epoch_context(args)
     rows: list[dict[str, Any]] = []
-    for kind, capture, method in EPOCH_VARIANTS:
+    for kind, (capture, method) in ((kind, v) for kind in args.loaders for v in EPOCH_VARIANTS):
         row: dict[str, Any] = {"variant": method + ("[captured]" if capture else ""), "loader": kind}
         rows.append(row)
         done = [r["epoch_s"] + r["warmup_s"] for r in rows if "epoch_s" in r]
@@ -767,8 +764,8 @@ def machine(device: torch.device, argv: list[str]) -> dict[str, Any]:
         "cudnn_benchmark": torch.backends.cudnn.benchmark,
         "tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32},
         "deepkd": deepkd.__version__,
-        "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty": bool(status) if status is not None else None,
+        "git_commit": os.environ.get("DEEPKD_COMMIT") or _git("rev-parse", "HEAD"),
+        "git_dirty": (bool(status) if status is not None else None) if not os.environ.get("DEEPKD_COMMIT") else False,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": shlex.join([Path(sys.executable).name, "-m", "benchmarks.gpu", *argv]),
         "python": platform.python_version(),
@@ -868,6 +865,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, help="steps per timed round (default 10; --quick 2)")
     parser.add_argument("--warmup", type=int, help="warm-up steps per variant (default 5; --quick 2)")
     parser.add_argument("--epoch-images", type=int, help="images in the timed epoch (default 50000; --quick 256)")
+    parser.add_argument("--loaders", default="device,cpu", help="comma-separated, in this order: device, cpu")
     args = parser.parse_args(argv)
     q = args.quick
     for name, full, quick in (
@@ -881,6 +879,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
             setattr(args, name, quick if q else full)
     args.parts = [p for p in args.parts.split(",") if p]
     args.setups = [s for s in args.setups.split(",") if s]
+    args.loaders = [s for s in args.loaders.split(",") if s]
+    if sorted({*args.loaders} - {"device", "cpu"}):
+        parser.error(f"unknown loader in {args.loaders}: device, cpu")
     unknown = sorted({*args.parts} - {"steps", "syncs", "epochs"}) + sorted({*args.setups} - {*SETUPS})
     if unknown:
         parser.error(f"unknown part or setup: {', '.join(unknown)}")
