@@ -197,7 +197,11 @@ class DistillOptimizer(torch.optim.Optimizer):
         for group in self.param_groups:
             mu = group["momentum"]
             if isinstance(offsets, Tensor):
-                out.append(list((offsets + mu).unbind()))
+                # in the parameters' dtype: a multi-tensor kernel whose scalar tensor has another dtype falls back to
+                # one launch per tensor (the update computes in float32 either way, so the numbers do not change)
+                dtype = next((p.dtype for p in group["params"]), torch.float32)
+                dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+                out.append(list((offsets + mu).to(dtype).unbind()))
             else:
                 out.append([mu + o for o in offsets])
         return out

@@ -187,3 +187,34 @@ def test_a_trainer_epoch_reads_only_every_log_every_steps() -> None:
     per_step = [b - a for a, b in itertools.pairwise(seen)]  # from step 2: set-up's one-batch probe reads first
     assert len(per_step) == 7
     assert [n > 0 for n in per_step] == [(i + 2) % 4 == 0 for i in range(7)]  # the check at steps 4 and 8 only
+
+
+class _ForeachScalars(TorchFunctionMode):
+    """Records each ``torch._foreach_*`` call whose scalar tensor has another dtype than its tensor list: on CUDA such
+    a call falls back from one multi-tensor launch to one launch per tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mismatches: list[str] = []
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        name = getattr(func, "__name__", "")
+        if name.startswith("_foreach") and len(args) > 1 and isinstance(args[0], (list, tuple)) and args[0]:
+            scalar = args[1]
+            if isinstance(scalar, torch.Tensor) and scalar.dim() == 0 and scalar.dtype != args[0][0].dtype:
+                self.mismatches.append(f"{name}({args[0][0].dtype} list, {scalar.dtype} scalar)")
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name", ["kd", "dot", "deepkd", "deepkd-split", "official"])
+@pytest.mark.parametrize("capturable", [False, True])
+def test_multi_tensor_kernels_get_scalars_of_their_lists_dtype(name: str, capturable: bool) -> None:
+    model = _model()
+    opt = deepkd.DistillOptimizer(model.parameters(), RECIPES[name](), lr=0.1, foreach=True, nesterov=True)
+    opt.capturable = capturable
+    batches = _batches(STEPS)
+    _steps(opt, model, batches[:1], False)
+    mode = _ForeachScalars()
+    with mode:
+        _steps(opt, model, batches[1:], False)
+    assert mode.mismatches == []
