@@ -329,8 +329,11 @@ class Variant:
     student: nn.Module | None = None
 
 
-def step_variants(m: Models, official: deepkd.Recipe, captured: bool = True) -> dict[str, Callable[[], Variant]]:
-    """Factories of every step variant, each on its own copy of the student."""
+def step_variants(
+    m: Models, official: deepkd.Recipe, captured: bool = True, **optimizer: Any
+) -> dict[str, Callable[[], Variant]]:
+    """Factories of every step variant, each on its own copy of the student (``optimizer``: extra arguments of
+    deepkd's optimizer, e.g. ``foreach=True`` to count a CUDA step's operators on the CPU)."""
 
     def reference(make: Callable[..., Body], capture: bool) -> Callable[[], Variant]:
         def build() -> Variant:
@@ -346,7 +349,7 @@ def step_variants(m: Models, official: deepkd.Recipe, captured: bool = True) -> 
     def recipe(rec: deepkd.Recipe, capture: bool = False, **kwargs: Any) -> Callable[[], Variant]:
         def build() -> Variant:
             student = m.student_copy()
-            body, opt = deepkd_body(student, m.forwards(student), rec, **kwargs)
+            body, opt = deepkd_body(student, m.forwards(student), rec, **optimizer, **kwargs)
             return Variant(*captured_deepkd(body, opt), student) if capture else Variant(body, student=student)
 
         return build
