@@ -8,8 +8,13 @@ Two paths, tested equal:
 
 - ``sequential``: one :func:`torch.autograd.grad` call per group, the graph retained between calls.
 - ``batched``: a single call with ``is_grads_batched=True``: the group losses are stacked and the backward pass is
-  vectorised (vmap) over one-hot output gradients. Faster where the backward pass is launch-bound (small batches
-  on a GPU); some operators have no batching rule, in which case ``batched`` fails with PyTorch's error.
+  vectorised (vmap) over one-hot output gradients. It is not faster: measured on an H200 it was 1.18× slower than
+  sequential products on the CIFAR pair at batch 64, 1.05× at batch 256 and at parity on a ResNet18 at 224²
+  (``docs/benchmarks.md``); where launches cost, capture the step instead (:mod:`deepkd.capture`). Some operators
+  have no batching rule, in which case ``batched`` fails with PyTorch's error.
+
+A loss whose gradients with respect to the logits are known in closed form takes :func:`decompose_logits` instead:
+one product of the network per group and no backward pass through the loss.
 
 >>> import torch
 >>> w = torch.nn.Parameter(torch.tensor([1.0, 2.0]))

@@ -99,7 +99,8 @@ class DistillOptimizer(torch.optim.Optimizer):
         recipe: the recipe to run.
         lr, momentum, dampening, weight_decay, nesterov: per-group hyperparameters with the meaning of
             :class:`torch.optim.SGD`; ``momentum`` is μ, around which the strategy places each buffer's coefficient.
-        decomposition: ``"sequential"`` or ``"batched"`` gradient products (:mod:`deepkd.decompose`).
+        decomposition: ``"sequential"`` (default) or ``"batched"`` gradient products (:mod:`deepkd.decompose`:
+            equal results; batched is not faster on any GPU setup measured).
         foreach: use the ``torch._foreach_*`` update kernels; ``None`` picks them for CUDA parameters.
         track_gsnr: measure each gradient group's GSNR for the logs when the strategy does not (default settings).
         nonfinite: ``"raise"`` or ``"skip"``: what a step whose loss is NaN or infinite does. Either way it is not

@@ -35,7 +35,8 @@ class TrainConfig:
         epochs: number of epochs.
         lr, momentum, weight_decay, dampening, nesterov: the optimizer's hyperparameters (μ = ``momentum``).
         schedule: learning-rate multiplier per step (:mod:`deepkd.schedules`), e.g. ``{name = "cosine"}``.
-        decomposition: ``"sequential"`` or ``"batched"`` gradient products.
+        decomposition: ``"sequential"`` or ``"batched"`` gradient products (equal results; batched is not faster
+            on any GPU setup measured, see ``docs/benchmarks.md``).
         track_gsnr: estimate and log each gradient group's GSNR even when the momentum strategy does not use it.
         nonfinite: ``"raise"`` on a NaN/inf loss part (naming step and part) or ``"skip"`` such steps.
         precision: ``"fp32"``, ``"bf16"`` (autocast on CPU or CUDA) or ``"fp16"`` (CUDA only; without loss scaling,

@@ -267,3 +267,16 @@ def test_gpu_benchmark_quick_run_on_the_cpu(tmp_path):
     assert all(r["epoch_s"] > 0 and r["steps"] == 2 for r in rows if "[captured]" not in r["variant"])
     md = (out / "gpu.md").read_text()
     assert "### Step time" in md and "### Syncs per step" in md and "### Epoch time" in md
+
+
+def test_the_operator_count_sees_what_a_step_dispatches_and_skips_views():
+    from benchmarks.ops import count_ops
+
+    w = torch.nn.Parameter(torch.randn(4, 3))
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        loss = ((x @ w).t().reshape(-1) - y).square().mean()  # t and reshape are views: not counted
+        loss.backward()
+
+    total, top = count_ops(step, torch.randn(2, 4), torch.randn(6))
+    assert total > 4 and "aten::t" not in top and "aten::reshape" not in top and "aten::mm" in top
