@@ -27,11 +27,12 @@ from benchmarks.gpu import SETUPS, build_models, official_recipe, step_variants
 
 VIEWS = frozenset(
     "aten::" + name
-    for name in (
-        "view t unsqueeze squeeze select slice expand expand_as detach alias as_strided reshape _unsafe_view permute "
-        "transpose unbind split chunk narrow lift_fresh _reshape_alias empty empty_like empty_strided resolve_conj "
-        "resolve_neg contiguous numpy_T"
-    ).split()
+    for name in [
+        "view", "t", "unsqueeze", "squeeze", "select", "slice", "expand", "expand_as", "detach", "alias", "as_strided",
+        "reshape", "_unsafe_view", "permute", "transpose", "unbind", "split", "chunk", "narrow", "lift_fresh",
+        "_reshape_alias", "empty", "empty_like", "empty_strided", "resolve_conj", "resolve_neg", "contiguous",
+        "numpy_T",
+    ]
 )
 
 

@@ -198,10 +198,12 @@ class GradientBuffer:
     :meth:`load` copies a step's gradients in (one multi-tensor copy per group, zeros for parameters that take no
     gradient this step); :meth:`sanitize` zeroes them all on a step the optimizer skips, on the device, without
     reading anything back (``0 · NaN`` is NaN, so a skipped step's gradients must be zeros, not scaled). Parameters
-    of mixed dtypes or devices have no common buffer: the step's own gradient tensors are used instead.
+    of mixed dtypes or devices have no common buffer, and by default (``flat=None``) neither have parameters on the
+    CPU, where one launch instead of many saves nothing and the copy costs memory traffic: the step's own gradient
+    tensors are used (and zeroed one by one on a skipped step) instead.
 
     >>> w, b = torch.nn.Parameter(torch.ones(2, 3)), torch.nn.Parameter(torch.ones(3))
-    >>> buf = GradientBuffer([[w, b]], groups=2)
+    >>> buf = GradientBuffer([[w, b]], groups=2, flat=True)
     >>> views = buf.load([[torch.full((2, 3), 2.0), torch.ones(3)], [torch.zeros(2, 3), torch.full((3,), 5.0)]],
     ...                  [[True, True]])
     >>> buf.data.shape, views[0][1][1].tolist()
@@ -210,13 +212,16 @@ class GradientBuffer:
     0.0
     """
 
-    def __init__(self, param_groups: Sequence[Sequence[Tensor]], groups: int) -> None:
+    def __init__(self, param_groups: Sequence[Sequence[Tensor]], groups: int, *, flat: bool | None = None) -> None:
         from deepkd.gsnr import dense_strides
 
         self.groups = groups
         self.param_groups = [list(ps) for ps in param_groups]
         params = [p for ps in self.param_groups for p in ps]
         uniform = bool(params) and all(p.dtype == params[0].dtype and p.device == params[0].device for p in params)
+        if flat is None:  # on a CPU the copy costs memory traffic and saves no launch: use the step's own tensors
+            flat = bool(params) and params[0].device.type != "cpu"
+        uniform = uniform and flat
         self.data: Tensor | None = None
         self.views: list[list[Tensor]] = []  # [group][param], every param of every param group
         self.flat: list[Tensor] | None = None  # per param group: [groups, numel] slices

@@ -340,15 +340,20 @@ def apply_directions(
         assert gate is not None
         scale, alpha = gate.to(params[0].dtype), -lr
     if foreach:
-        total = list(torch._foreach_mul(list(directions[0]), scale))
-        for d in directions[1:]:
-            torch._foreach_add_(total, torch._foreach_mul(list(d), scale))
+        total = list(torch._foreach_add(list(directions[0]), list(directions[1]))) if len(directions) > 1 else None
+        for d in directions[2:]:
+            torch._foreach_add_(total, list(d))  # type: ignore[arg-type]
+        total = list(torch._foreach_mul(list(directions[0]), scale)) if total is None else total
+        if len(directions) > 1:
+            torch._foreach_mul_(total, scale)
         torch._foreach_add_(params, total, alpha=alpha)
         return
-    for i, p in enumerate(params):
-        step = directions[0][i] * scale
-        for d in directions[1:]:
-            step = step + d[i] * scale
+    for i, p in enumerate(params):  # one temporary per parameter: the sum, scaled in place
+        step = directions[0][i] * scale if len(directions) == 1 else directions[0][i] + directions[1][i]
+        for d in directions[2:]:
+            step.add_(d[i])
+        if len(directions) > 1:
+            step.mul_(scale)
         p.add_(step, alpha=alpha)
 
 

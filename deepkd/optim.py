@@ -544,8 +544,13 @@ def _group_sum(grads: dict[str, Tensor], group: Sequence[str]) -> Tensor:
 def _new_runtime(params: list[list[Tensor]], groups: int, parts: int, device: torch.device, steps: int) -> _Runtime:
     zero = torch.zeros((), dtype=torch.int64, device=device)
     clean = torch.ones((), dtype=torch.bool, device=device)
-    return _Runtime(GradientBuffer(params, groups), zero + steps, zero.clone(), torch.zeros(parts, device=device),
-                    zero.clone(), clean)  # fmt: skip
+    return _Runtime(GradientBuffer(params, groups, flat=FLAT_GRADIENTS), zero + steps, zero.clone(),
+                    torch.zeros(parts, device=device), zero.clone(), clean)  # fmt: skip
+
+
+#: whether the optimizer copies each step's gradients into one flat buffer (one multi-tensor launch to copy, one
+#: kernel to zero a skipped step, one gather for the GSNR samples): ``None`` does on CUDA, not on the CPU
+FLAT_GRADIENTS: bool | None = None
 
 
 def _mean_small_values(
