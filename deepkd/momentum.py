@@ -79,6 +79,7 @@ __all__ = [
     "no_split",
     "static_offsets",
     "step_param_groups",
+    "step_scales",
     "tracking_gsnr",
     "update",
     "update_reference_quirks",
@@ -135,8 +136,9 @@ def update(
     decay_group: int = 0,
     foreach: bool = False,
     gate: Tensor | None = None,
+    grad_scales: Sequence[Coefficient] | None = None,
 ) -> MomentumState:
-    """One step: update each group's buffer with its coefficient and move the parameters in place.
+    r"""One step: update each group's buffer with its coefficient and move the parameters in place.
 
     Args:
         params: the parameters (updated in place).
@@ -149,9 +151,14 @@ def update(
         gate: a 0-dim bool tensor on the device: where it is False, buffers and parameters keep their values (a
             step skipped on the device, without reading anything back). The gradients of such a step must be finite
             (the optimizer zeroes them): ``0 · NaN`` is NaN.
+        grad_scales: one factor per group multiplying its gradient (weight decay included) before the buffer
+            update, e.g. :math:`(1 - m_b)/(1 - \mu)` so that a coefficient changes how a buffer smooths its gradient
+            but not how far it moves the parameters (``Plan.preserve_step``).
     """
     hyper = (dampening, weight_decay, nesterov, decay_group)
-    return _buffers_step(state, params, grads, coefficients, lr, *hyper, foreach=foreach, out=None, gate=gate)
+    return _buffers_step(
+        state, params, grads, coefficients, lr, *hyper, foreach=foreach, out=None, gate=gate, scales=grad_scales
+    )
 
 
 def direction(
@@ -167,6 +174,7 @@ def direction(
     decay_group: int = 0,
     foreach: bool = False,
     gate: Tensor | None = None,
+    grad_scales: Sequence[Coefficient] | None = None,
 ) -> MomentumState:
     r""":func:`update`'s buffer update, with the summed direction :math:`\sum_b d_b` written into ``out`` (one tensor
     per parameter) instead of applied: :func:`update` moves each parameter by ``-lr`` times it. The parameters are
@@ -178,7 +186,9 @@ def direction(
     if len(out) != len(params):
         raise ValueError(f"got {len(out)} direction tensors for {len(params)} parameters")
     hyper = (dampening, weight_decay, nesterov, decay_group)
-    return _buffers_step(state, params, grads, coefficients, 0.0, *hyper, foreach=foreach, out=out, gate=gate)
+    return _buffers_step(
+        state, params, grads, coefficients, 0.0, *hyper, foreach=foreach, out=out, gate=gate, scales=grad_scales
+    )
 
 
 def _buffers_step(
@@ -195,6 +205,7 @@ def _buffers_step(
     foreach: bool,
     out: Sequence[Tensor] | None,
     gate: Tensor | None,
+    scales: Sequence[Coefficient] | None = None,
 ) -> MomentumState:
     """What :func:`update` and :func:`direction` share: the checks, the kernel choice and the step count."""
     _check(state, params, grads, coefficients)
@@ -202,7 +213,7 @@ def _buffers_step(
     with torch.no_grad():
         directions = kernel(
             params, grads, state.buffers, coefficients, dampening, weight_decay, nesterov, decay_group,
-            state.step == 0, gate,
+            state.step == 0, gate, scales,
         )  # fmt: skip
         if out is not None:
             _sum_into(out, directions, foreach)
@@ -227,6 +238,7 @@ def _update_single(
     decay_group: int,
     first: bool,
     gate: Tensor | None,
+    scales: Sequence[Coefficient] | None = None,
 ) -> list[list[Tensor]]:
     """Per-tensor buffer update; returns each group's step direction ``[group][param]`` (the buffers themselves,
     or Nesterov's ``g + m·v``). Weight decay sees the parameters before the step."""
@@ -238,6 +250,8 @@ def _update_single(
             g = grads[b][i]
             if b == decay_group and weight_decay != 0:
                 g = g.add(p, alpha=weight_decay)
+            if scales is not None:
+                g = g * scales[b]
             buf = buffers[b][i]
             if first or (not isinstance(m, Tensor) and m == 0):  # torch.optim.SGD without momentum: the raw gradient
                 buf.copy_(g)
@@ -265,6 +279,7 @@ def _update_foreach(
     decay_group: int,
     first: bool,
     gate: Tensor | None,
+    scales: Sequence[Coefficient] | None = None,
 ) -> list[list[Tensor]]:
     """:func:`_update_single` with the multi-tensor ``torch._foreach_*`` kernels."""
     params = list(params)
@@ -275,6 +290,8 @@ def _update_foreach(
         g = list(grads[b])
         if b == decay_group and weight_decay != 0:
             g = list(torch._foreach_add(g, params, alpha=weight_decay))
+        if scales is not None:
+            g = list(torch._foreach_mul(g, scales[b]))
         buf = list(buffers[b])
         if first or (not isinstance(m, Tensor) and m == 0):  # torch.optim.SGD without momentum: the raw gradient
             torch._foreach_copy_(buf, g)
@@ -370,6 +387,7 @@ def update_reference_quirks(
     decay_group: int = 1,
     foreach: bool = False,
     gate: Tensor | None = None,
+    grad_scales: Sequence[Coefficient] | None = None,
 ) -> MomentumState:
     """The official DeepKD code's update, for groups ``(task, tckd, nckd)`` with coefficients ``(m_TOG, m_TCG,
     m_NCG)``: the task buffer uses ``m_TCG``; updates apply task, NCKD, TCKD in that order, each moving the
@@ -385,7 +403,10 @@ def update_reference_quirks(
     with torch.no_grad():
         for group, m in ((0, m_tcg), (2, m_ncg), (1, m_tcg)):
             decay = weight_decay if group == decay_group else 0.0
-            d = kernel(params, [grads[group]], [state.buffers[group]], [m], dampening, decay, nesterov, 0, first, gate)
+            scale = None if grad_scales is None else [grad_scales[group]]
+            d = kernel(
+                params, [grads[group]], [state.buffers[group]], [m], dampening, decay, nesterov, 0, first, gate, scale
+            )
             apply_directions(params, d, lr, gate, foreach)
     return state._replace(step=state.step + 1)
 
@@ -423,6 +444,14 @@ def check_hyperparameters(
         )
 
 
+def step_scales(plan: Plan, mu: float, offsets: Sequence[Coefficient], dtype: torch.dtype) -> list[Coefficient]:
+    r"""Each buffer's gradient factor under ``plan.preserve_step``: :math:`(1 - m_b)/(1 - \mu) = 1 - o_b/(1 - \mu)`
+    for the offset :math:`o_b` each update actually uses (``Plan.effective``), exactly 1 for a buffer at
+    :math:`\mu`; device offsets give device factors in ``dtype``."""
+    used = plan.effective(tuple(offsets))  # type: ignore[arg-type]
+    return [(1 - o / (1 - mu)).to(dtype) if isinstance(o, Tensor) else 1 - o / (1 - mu) for o in used]
+
+
 def step_param_groups(
     plan: Plan,
     states: Sequence[MomentumState],
@@ -435,11 +464,12 @@ def step_param_groups(
     *,
     gate: Tensor | None = None,
     lrs: Sequence[float | Tensor] | None = None,
+    grad_scales: Sequence[Sequence[Coefficient]] | None = None,
 ) -> list[MomentumState]:
     """One update of every param group's trainable parameters (``active[i]`` flags them; ``grads[i]`` holds their
     gradients per buffer) with ``plan``'s update and each group's ``lr`` (or ``lrs[i]``, e.g. a tensor a captured
     step reads), ``dampening``, ``weight_decay`` and ``nesterov``; returns the new states (buffers of frozen
-    parameters are left as they are). ``gate`` as in :func:`update`.
+    parameters are left as they are). ``gate`` and ``grad_scales[i]`` (param group ``i``'s) as in :func:`update`.
 
     With ``reduce`` (an in-place mean over ranks), the buffers stay local: ``plan.direction`` computes every group's
     summed step direction into one flat buffer, ``reduce`` averages it with one collective, and the parameters move
@@ -461,6 +491,8 @@ def step_param_groups(
         hyper: dict[str, Any] = {k: group[k] for k in ("dampening", "weight_decay", "nesterov")}
         fe = foreach if foreach is not None else bool(ps and ps[0].is_cuda)
         hyper.update(decay_group=plan.decay_group, foreach=fe, gate=gate)
+        if grad_scales is not None:
+            hyper["grad_scales"] = grad_scales[i]
         if reduce is not None and plan.direction is not None:
             new = plan.direction(sub, ps, g, coeffs, out=directions[start : start + len(ps)], **hyper)
         else:
@@ -596,7 +628,7 @@ def _official_coefficients(coefficients: tuple[float, ...]) -> tuple[float, ...]
 
 @attrs.frozen
 class Plan:
-    """How a momentum strategy treats a loss's parts: its buffers, its offsets and how they move, its update.
+    r"""How a momentum strategy treats a loss's parts: its buffers, its offsets and how they move, its update.
 
     Attributes:
         groups: the parts that share each buffer (and one gradient product).
@@ -613,6 +645,10 @@ class Plan:
             all-reduce every gradient group instead. By default :func:`direction` when ``apply`` is :func:`update`,
             else ``None``.
         effective: maps the buffers' coefficients to the ones their updates actually use (reported per part).
+        preserve_step: multiply each buffer's gradient by :math:`(1 - m_b)/(1 - \mu)`, so that an offset changes how
+            the buffer smooths its gradient but not how far it moves the parameters: a constant gradient moves them
+            :math:`\mathrm{lr}/(1 - \mu)` per step whatever the offset (at :math:`\mu + 0.075 = 0.975` an
+            unscaled buffer moves them 4× as far as one at :math:`\mu = 0.9`).
     """
 
     groups: tuple[tuple[str, ...], ...]
@@ -627,9 +663,10 @@ class Plan:
         default=attrs.Factory(lambda self: direction if self.apply is update else None, takes_self=True), eq=False
     )
     effective: Callable[[tuple[float, ...]], tuple[float, ...]] = attrs.field(default=_same, eq=False)
+    preserve_step: bool = False
 
 
-def merged_plan(parts: Sequence[str], offsets: Mapping[str, float]) -> Plan:
+def merged_plan(parts: Sequence[str], offsets: Mapping[str, float], *, preserve_step: bool = False) -> Plan:
     """Merge the parts with equal (static) offsets into one group each, keeping the parts' order."""
     groups: dict[float, list[str]] = {}
     for part in parts:
@@ -637,7 +674,7 @@ def merged_plan(parts: Sequence[str], offsets: Mapping[str, float]) -> Plan:
     names = tuple(tuple(g) for g in groups.values())
     offs = tuple(groups)
     decay = next((i for i, g in enumerate(names) if "task" in g), 0)
-    return Plan(names, offs, decay, (min(offs, default=0.0), max(offs, default=0.0)))
+    return Plan(names, offs, decay, (min(offs, default=0.0), max(offs, default=0.0)), preserve_step=preserve_step)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -658,12 +695,18 @@ class PlainMomentum:
 @register_momentum("dot")
 @attrs.frozen(kw_only=True)
 class DOT:
-    """DOT (ICCV 2023): task momentum μ − Δ, distillation momentum μ + Δ. CIFAR Δ = 0.075, ImageNet Δ = 0.09."""
+    """DOT (ICCV 2023): task momentum μ − Δ, distillation momentum μ + Δ. CIFAR Δ = 0.075, ImageNet Δ = 0.09.
+
+    ``preserve_step`` scales each buffer's gradient by (1 − m)/(1 − μ), so that the offsets change how the buffers
+    smooth their gradients but not their step sizes (:attr:`Plan.preserve_step`); an ablation option.
+    """
 
     delta: float = attrs.field(default=0.075, validator=_delta)
+    preserve_step: bool = attrs.field(default=False, validator=v.instance_of(bool))
 
     def plan(self, parts: Sequence[str]) -> Plan:
-        return merged_plan(parts, {p: (-self.delta if p == "task" else self.delta) for p in parts})
+        offsets = {p: (-self.delta if p == "task" else self.delta) for p in parts}
+        return merged_plan(parts, offsets, preserve_step=self.preserve_step)
 
 
 @register_momentum("fixed")
@@ -672,13 +715,16 @@ class FixedOffsets:
     """DeepKD with configured offsets: μ + δ_TOG, μ + δ_TCG, μ + δ_NCG (official defaults +.075, −.075, +.075).
 
     ``reference_quirks=True`` reproduces the official code (see :func:`update_reference_quirks`); δ_TOG then has no
-    effect and the three buffers are never merged.
+    effect and the three buffers are never merged. ``preserve_step`` scales each buffer's gradient by
+    (1 − m)/(1 − μ), so that the offsets change how the buffers smooth their gradients but not their step sizes
+    (:attr:`Plan.preserve_step`); an ablation option.
     """
 
     tog: float = attrs.field(default=0.075, validator=_delta)
     tcg: float = attrs.field(default=-0.075, validator=_delta)
     ncg: float = attrs.field(default=0.075, validator=_delta)
     reference_quirks: bool = attrs.field(default=False, validator=v.instance_of(bool))
+    preserve_step: bool = attrs.field(default=False, validator=v.instance_of(bool))
 
     def plan(self, parts: Sequence[str]) -> Plan:
         offsets = {"task": self.tog, "tckd": self.tcg, "nckd": self.ncg}
@@ -686,7 +732,7 @@ class FixedOffsets:
         if unknown:
             raise ConfigError(f"fixed momentum knows the parts task, tckd, nckd; the loss has {unknown}")
         if not self.reference_quirks:
-            return merged_plan(parts, offsets)
+            return merged_plan(parts, offsets, preserve_step=self.preserve_step)
         if tuple(parts) != ("task", "tckd", "nckd"):
             raise ConfigError(
                 f"reference_quirks needs a loss with the parts ('task', 'tckd', 'nckd'), got {tuple(parts)}"
@@ -694,7 +740,13 @@ class FixedOffsets:
         offs = (self.tog, self.tcg, self.ncg)
         groups = (("task",), ("tckd",), ("nckd",))
         return Plan(
-            groups, offs, 1, (min(offs), max(offs)), apply=update_reference_quirks, effective=_official_coefficients
+            groups,
+            offs,
+            1,
+            (min(offs), max(offs)),
+            apply=update_reference_quirks,
+            effective=_official_coefficients,
+            preserve_step=self.preserve_step,
         )
 
 
@@ -723,6 +775,8 @@ class GSNR:
         fraction: share of each tensor's coordinates sampled by the stream estimator (1 = all); the split estimator
             always uses every coordinate (it stores two numbers per component).
         seed: seed of the stream estimator's coordinate subset.
+        preserve_step: scale each buffer's gradient by (1 − m)/(1 − μ), so that the offsets change how the buffers
+            smooth their gradients but not their step sizes (:attr:`Plan.preserve_step`); an ablation option.
     """
 
     delta: float = attrs.field(default=0.075, validator=real(ge=0.0, lt=1.0))
@@ -734,6 +788,7 @@ class GSNR:
     beta: float | None = attrs.field(default=None, validator=v.optional(real(ge=0.0, lt=1.0)))
     fraction: float = attrs.field(default=0.005, validator=real(gt=0.0, le=1.0))
     seed: int = attrs.field(default=0, validator=integer(ge=0, lt=2**63))
+    preserve_step: bool = attrs.field(default=False, validator=v.instance_of(bool))
 
     @property
     def decay(self) -> float:
@@ -746,7 +801,9 @@ class GSNR:
         groups = tuple((p,) for p in parts)
         decay = next((i for i, g in enumerate(groups) if "task" in g), 0)
         zeros = (0.0,) * len(groups)
-        return Plan(groups, zeros, decay, (-float(self.delta), float(self.delta)), rule=gsnr_offsets(self, len(groups)))
+        rule = gsnr_offsets(self, len(groups))
+        bounds = (-float(self.delta), float(self.delta))
+        return Plan(groups, zeros, decay, bounds, rule=rule, preserve_step=self.preserve_step)
 
     def allocate(self, ratios: Tensor) -> tuple[float, ...]:
         """Offsets from the GSNR of each group."""

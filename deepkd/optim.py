@@ -67,6 +67,7 @@ from deepkd.momentum import (
     init,
     no_split,
     step_param_groups,
+    step_scales,
     tracking_gsnr,
 )
 from deepkd.registry import name_of
@@ -191,21 +192,27 @@ class DistillOptimizer(torch.optim.Optimizer):
         coeffs = self.plan.effective(tuple(coefficients))
         return {part: round(c, 12) for g, c in zip(self.plan.groups, coeffs) for part in g}
 
-    def _step_coefficients(self, offsets: tuple[float, ...] | Tensor) -> list[list[Coefficient]]:
-        """Each param group's coefficients for this step: numbers, or 0-dim device tensors for offsets on the
-        device (computed there, never read)."""
-        out: list[list[Coefficient]] = []
+    def _step_coefficients(
+        self, offsets: tuple[float, ...] | Tensor
+    ) -> tuple[list[list[Coefficient]], list[list[Coefficient]] | None]:
+        """Each param group's coefficients for this step (numbers, or 0-dim device tensors for offsets on the device,
+        computed there and never read), and with ``preserve_step`` each buffer's gradient factor."""
+        coefficients: list[list[Coefficient]] = []
+        scales: list[list[Coefficient]] | None = [] if self.plan.preserve_step else None
         for group in self.param_groups:
             mu = group["momentum"]
+            # in the parameters' dtype: a multi-tensor kernel whose scalar tensor has another dtype falls back to one
+            # launch per tensor (the update computes in float32 either way, so the numbers do not change)
+            dtype = next((p.dtype for p in group["params"]), torch.float32)
+            dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+            each: list[Coefficient] = list(offsets.unbind()) if isinstance(offsets, Tensor) else list(offsets)
             if isinstance(offsets, Tensor):
-                # in the parameters' dtype: a multi-tensor kernel whose scalar tensor has another dtype falls back to
-                # one launch per tensor (the update computes in float32 either way, so the numbers do not change)
-                dtype = next((p.dtype for p in group["params"]), torch.float32)
-                dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
-                out.append(list((offsets + mu).to(dtype).unbind()))
+                coefficients.append(list((offsets + mu).to(dtype).unbind()))
             else:
-                out.append([mu + o for o in offsets])
-        return out
+                coefficients.append([mu + o for o in offsets])
+            if scales is not None:
+                scales.append(step_scales(self.plan, mu, each, dtype))
+        return coefficients, scales
 
     # ------------------------------------------------------------------ the step
     def distill_step(
@@ -342,17 +349,19 @@ class DistillOptimizer(torch.optim.Optimizer):
         offsets, self.rule_state = self.rule.update(self.rule_state, ctx)
         self.offsets = offsets
         reduce = distributed.all_reduce_mean_ if self.sync_path == "step" else None  # one all-reduce of |θ| a step
+        coefficients, scales = self._step_coefficients(offsets)
         self.momentum_states = step_param_groups(
             self.plan,
             self.momentum_states,
             self.param_groups,
             grads,
             active,
-            self._step_coefficients(offsets),
+            coefficients,
             self.foreach,
             reduce,
             gate=ctx.ok,
             lrs=[tensor for _, tensor in self._lrs] if self.capturable else None,
+            grad_scales=scales,
         )
 
     def _lr_tensors(self) -> list[Tensor]:

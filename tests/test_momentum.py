@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import attrs
 import pytest
 import torch
 from hypothesis import given
@@ -264,3 +265,36 @@ def test_only_the_linear_update_has_a_direction():
     assert deepkd.DOT().plan(("task", "tckd", "nckd")).direction is MO.direction
     assert deepkd.GSNR().plan(("task", "tckd", "nckd")).direction is MO.direction
     assert deepkd.FixedOffsets(reference_quirks=True).plan(("task", "tckd", "nckd")).direction is None
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_preserve_step_keeps_each_buffer_at_the_step_size_of_mu(foreach):
+    """With (1 − m)/(1 − μ)-scaled gradients, a constant gradient leaves every buffer at g/(1 − μ) whatever its
+    coefficient: the offsets change the smoothing, not the step."""
+    mu, coeffs = 0.9, (0.825, 0.975)
+    p = [torch.zeros(3)]
+    state = MO.init(p, 2)
+    g = [[torch.tensor([1.0, -2.0, 0.5])], [torch.tensor([3.0, 0.0, -1.0])]]
+    scales = [(1 - m) / (1 - mu) for m in coeffs]
+    for _ in range(600):
+        state = MO.update(state, p, g, coeffs, lr=0.0, grad_scales=scales, foreach=foreach)
+    for bufs, grads in zip(state.buffers, g):
+        torch.testing.assert_close(bufs[0], grads[0] / (1 - mu), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "strategy", [deepkd.DOT(delta=0.0, preserve_step=True), deepkd.GSNR(delta=0.0, preserve_step=True)]
+)
+def test_preserve_step_with_equal_coefficients_is_plain_momentum(strategy):
+    recipe = deepkd.compose(loss="kd", momentum=strategy, mask="none")
+    plain = deepkd.compose(loss="kd", momentum=attrs.evolve(strategy, preserve_step=False), mask="none")
+    a, _ = _train_deepkd(recipe, 4, 0.1, 0.9, 5e-4, False, 0.0, False)
+    b, _ = _train_deepkd(plain, 4, 0.1, 0.9, 5e-4, False, 0.0, False)
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+
+
+def test_preserve_step_with_dot_moves_less_than_dot_on_the_distillation_buffer():
+    recipe = deepkd.compose(loss="kd", momentum=deepkd.DOT(preserve_step=True), mask="none")
+    assert recipe.plan().preserve_step and deepkd.Recipe.from_dict(recipe.to_dict()) == recipe
+    model, _ = _train_deepkd(recipe, 6, 0.1, 0.9, 0.0, False, 0.0, False)
+    assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -94,6 +94,7 @@ RECIPES: dict[str, Callable[[], deepkd.Recipe]] = {
         loss=deepkd.KD(split="official"), momentum=deepkd.FixedOffsets(reference_quirks=True), mask="none"
     ),
     "ce": lambda: deepkd.compose(loss="ce", momentum="dot", mask="none"),
+    "deepkd-preserve-step": lambda: deepkd.compose(momentum=deepkd.GSNR(interval=2, preserve_step=True)),
 }
 
 
@@ -213,7 +214,7 @@ class _ForeachScalars(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("name", ["kd", "dot", "deepkd", "deepkd-split", "official"])
+@pytest.mark.parametrize("name", ["kd", "dot", "deepkd", "deepkd-split", "official", "deepkd-preserve-step"])
 @pytest.mark.parametrize("capturable", [False, True])
 def test_multi_tensor_kernels_get_scalars_of_their_lists_dtype(name: str, capturable: bool) -> None:
     model = _model()
