@@ -12,6 +12,7 @@ from torch.utils.data import TensorDataset
 
 import deepkd
 from benchmarks import accuracy
+from benchmarks.accuracy import data, methods, pool, profiles, stats
 
 
 def _run(method: str, seed: int, best: float, final: float) -> dict:
@@ -27,7 +28,7 @@ def _run(method: str, seed: int, best: float, final: float) -> dict:
 
 def test_summary_pairs_differences_by_seed():
     runs = [_run("kd", 0, 0.50, 0.4), _run("kd", 1, 0.60, 0.5), _run("x", 0, 0.55, 0.5), _run("x", 1, 0.62, 0.6)]
-    rows = {r["method"]: r for r in accuracy.summarise(runs)["d"]}
+    rows = {r["method"]: r for r in stats.summarise(runs)["d"]}
     assert rows["x"]["best"][0] == pytest.approx(0.585)
     assert rows["x"]["best"][1] == pytest.approx(math.sqrt(((0.55 - 0.585) ** 2 + (0.62 - 0.585) ** 2) / 1))
     diffs = [0.05, 0.02]
@@ -39,16 +40,16 @@ def test_summary_pairs_differences_by_seed():
 
 def test_every_method_is_a_valid_recipe_with_the_axis_it_claims():
     skipped: dict[str, str] = {}
-    book = accuracy.recipes(classes=100, epochs=3, steps_per_epoch=40, skipped=skipped)
+    book = methods.recipes(classes=100, epochs=3, steps_per_epoch=40, skipped=skipped)
     assert skipped == {}  # every candidate builds with this deepkd and differs from the default
-    assert set(book) == {*accuracy.METHODS, *accuracy.LONG_METHODS, *accuracy.LONG_CANDIDATES}
+    assert set(book) == {*methods.METHODS, *methods.LONG_METHODS, *methods.LONG_CANDIDATES}
     assert all(recipe.name == name for name, recipe in book.items())
     assert book["static_20"].mask.k == 20 and book["static_30"].mask.k == 30
     assert book["gsnr_nomask"].momentum.interval == 10
     assert book["dynamic_sgd"].plan().groups == (("task", "tckd", "nckd"),)
     assert book["dkd"].loss.warmup == 1
     assert book["deepkd_official"].plan().apply is deepkd.momentum.update_reference_quirks
-    assert accuracy.recipes(classes=10, epochs=240, steps_per_epoch=40)["dkd"].loss.warmup == 20
+    assert methods.recipes(classes=10, epochs=240, steps_per_epoch=40)["dkd"].loss.warmup == 20
 
 
 def test_speed_setup_runs_every_variant_with_overrides():
@@ -89,23 +90,23 @@ REQUIRED_LONG = {
 
 
 def test_long_profile_runs_every_required_method_long_enough_with_validation():
-    profile = accuracy.PROFILES["long"]
-    assert REQUIRED_LONG | set(accuracy.LONG_CANDIDATES) <= set(profile["methods"])
+    profile = profiles.PROFILES["long"]
+    assert REQUIRED_LONG | set(methods.LONG_CANDIDATES) <= set(profile["methods"])
     assert set(profile["datasets"]) == {"fashion_mnist", "fashion_mnist_pairs"}
     assert profile["epochs"] >= 20 and profile["seeds"] >= 3
     assert 0.0 < profile["val_share"] < 0.5
     # CIFAR's 240-epoch step schedule, scaled: x0.1 after 62.5, 75 and 87.5 % of the run
-    assert accuracy.step_schedule(240).milestones == (150, 180, 210)
-    assert accuracy.schedule_for(profile).milestones == (15, 18, 21) and profile["epochs"] == 24
+    assert profiles.step_schedule(240).milestones == (150, 180, 210)
+    assert profiles.schedule_for(profile).milestones == (15, 18, 21) and profile["epochs"] == 24
     # a real DKD warm-up: 20 of 240 epochs, so 2 of 24 (half weight in epoch 1); short runs get none
-    book = accuracy.recipes(classes=10, epochs=profile["epochs"], steps_per_epoch=20)
+    book = methods.recipes(classes=10, epochs=profile["epochs"], steps_per_epoch=20)
     assert book["dkd"].loss.warmup == 2 and book["dkd"].loss.warm(1) == 0.5
     assert book["deepkd_default"].loss.warmup == 2
-    assert accuracy.dkd_warmup(3) == 1 and accuracy.dkd_warmup(240) == 20
+    assert methods.dkd_warmup(3) == 1 and methods.dkd_warmup(240) == 20
 
 
 def test_default_follows_the_library_and_each_alternative_changes_one_setting():
-    book = accuracy.recipes(classes=10, epochs=24, steps_per_epoch=40)
+    book = methods.recipes(classes=10, epochs=24, steps_per_epoch=40)
     library = deepkd.compose()
     default = book["deepkd_default"]
     for axis in ("loss", "momentum", "mask"):
@@ -115,71 +116,71 @@ def test_default_follows_the_library_and_each_alternative_changes_one_setting():
     assert default.momentum == attrs.evolve(library.momentum, interval=10)
     assert default.mask == library.mask
     d = default.to_dict()
-    assert accuracy.describe_change(d, book["default_no_gsnr"].to_dict()).startswith("momentum: ")
+    assert methods.describe_change(d, book["default_no_gsnr"].to_dict()).startswith("momentum: ")
     assert book["default_no_gsnr"].plan().groups == (("task", "tckd", "nckd"),)
-    assert accuracy.describe_change(d, book["default_no_mask"].to_dict()) == "mask: dynamic → none"
+    assert methods.describe_change(d, book["default_no_mask"].to_dict()) == "mask: dynamic → none"
     assert book["default_kd_loss"].loss == deepkd.KD(temperature=4.0, w_ce=0.1, w_kd=0.9)
-    for name in (*accuracy.ABLATIONS, *accuracy.LONG_CANDIDATES):
-        change = accuracy.describe_change(d, book[name].to_dict())
+    for name in (*methods.ABLATIONS, *methods.LONG_CANDIDATES):
+        change = methods.describe_change(d, book[name].to_dict())
         assert change != "none" and ";" not in change, (name, change)  # one setting, or one axis swapped
 
 
 def test_validation_split_is_stratified_disjoint_and_deterministic():
     labels = torch.arange(10).repeat_interleave(torch.tensor([50, 40, 30, 20, 10, 50, 40, 30, 20, 10]))
     labels = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))]
-    train, val = accuracy.validation_indices(labels, 0.1, seed=3)
+    train, val = data.validation_indices(labels, 0.1, seed=3)
     assert len(set(train.tolist()) & set(val.tolist())) == 0
     assert sorted(train.tolist() + val.tolist()) == list(range(len(labels)))
     for c, n in enumerate([50, 40, 30, 20, 10, 50, 40, 30, 20, 10]):
         assert int((labels[val] == c).sum()) == round(0.1 * n)
-    again = accuracy.validation_indices(labels, 0.1, seed=3)
+    again = data.validation_indices(labels, 0.1, seed=3)
     assert torch.equal(again[0], train) and torch.equal(again[1], val)
-    assert not torch.equal(accuracy.validation_indices(labels, 0.1, seed=4)[1], val)
+    assert not torch.equal(data.validation_indices(labels, 0.1, seed=4)[1], val)
 
     x = torch.arange(len(labels), dtype=torch.float32)[:, None]
-    rest, held = accuracy.split_validation(TensorDataset(x, labels), 0.1, seed=3)
+    rest, held = data.split_validation(TensorDataset(x, labels), 0.1, seed=3)
     assert held is not None and len(held) == len(val) and len(rest) + len(held) == len(labels)
     assert set(rest.tensors[0].flatten().tolist()).isdisjoint(held.tensors[0].flatten().tolist())
     assert torch.equal(held.tensors[1], labels[val])
     whole = TensorDataset(x, labels)
-    assert accuracy.split_validation(whole, 0.0) == (whole, None)
+    assert data.split_validation(whole, 0.0) == (whole, None)
     with pytest.raises(ValueError):
-        accuracy.validation_indices(labels, 1.0)
+        data.validation_indices(labels, 1.0)
 
 
 def test_prepare_keeps_validation_images_from_the_students_and_the_teacher():
-    split = accuracy.prepare("digits", {"train": 600, "test": 100, "teacher_train": 1000}, 0.2)
+    split = data.prepare("digits", {"train": 600, "test": 100, "teacher_train": 1000}, 0.2)
     assert split.val is not None and len(split.train) + len(split.val) == 600 and len(split.test) == 100
     # the teacher's draw of 1000 holds the students' 600 (one seeded permutation); less the validation images
     assert len(split.teacher_train) == 1000 - len(split.val)
     rows = lambda ds: {tuple(r.tolist()) for r in ds.tensors[0].flatten(1)}
     assert rows(split.train) <= rows(split.teacher_train)
     assert not rows(split.val) & rows(split.teacher_train) and not rows(split.val) & rows(split.train)
-    again = accuracy.prepare("digits", {"train": 600, "test": 100, "teacher_train": 1000}, 0.2)
+    again = data.prepare("digits", {"train": 600, "test": 100, "teacher_train": 1000}, 0.2)
     assert torch.equal(again.val.tensors[0], split.val.tensors[0])
     # without a validation split or a teacher size this is what load() gives, for students and teacher alike
-    plain = accuracy.prepare("digits", {"train": 600, "test": 100})
-    train, test, classes = accuracy.load("digits", {"train": 600, "test": 100})
+    plain = data.prepare("digits", {"train": 600, "test": 100})
+    train, test, classes = data.load("digits", {"train": 600, "test": 100})
     assert plain.val is None and plain.classes == classes == 10
     assert torch.equal(plain.train.tensors[0], train.tensors[0]) and torch.equal(plain.test.tensors[1], test.tensors[1])
     assert torch.equal(plain.teacher_train.tensors[0], train.tensors[0])
 
 
 def test_paired_difference_pairs_by_seed():
-    mean, se, n = accuracy.paired_difference({0: 0.5, 1: 0.7, 2: 0.6, 5: 0.9}, {0: 0.4, 1: 0.5, 2: 0.6, 3: 0.1})
+    mean, se, n = stats.paired_difference({0: 0.5, 1: 0.7, 2: 0.6, 5: 0.9}, {0: 0.4, 1: 0.5, 2: 0.6, 3: 0.1})
     diffs = [0.1, 0.2, 0.0]  # seeds 3 and 5 have no pair
     assert n == 3 and mean == pytest.approx(0.1)
     assert se == pytest.approx(math.sqrt(sum((d - 0.1) ** 2 for d in diffs) / 2) / math.sqrt(3))
-    one = accuracy.paired_difference({0: 0.5}, {0: 0.25})
+    one = stats.paired_difference({0: 0.5}, {0: 0.25})
     assert one[0] == 0.25 and math.isnan(one[1]) and one[2] == 1
-    assert math.isnan(accuracy.paired_difference({0: 0.5}, {1: 0.5})[0])
+    assert math.isnan(stats.paired_difference({0: 0.5}, {1: 0.5})[0])
 
 
 def test_long_machinery_end_to_end_on_digits(tmp_path, monkeypatch):
     """The long profile's code path (validation split, step schedule, KD and DKD differences, the selection table,
     the dynamics plot) on digits: 2 epochs, 2 seeds, a handful of methods."""
-    profile = dict(accuracy.PROFILES["long"])
-    candidate = accuracy.LONG_CANDIDATES[0]
+    profile = dict(profiles.PROFILES["long"])
+    candidate = methods.LONG_CANDIDATES[0]
     profile.update(
         datasets={"digits": {"train": 600, "test": 200}},
         epochs=2,
@@ -189,9 +190,10 @@ def test_long_machinery_end_to_end_on_digits(tmp_path, monkeypatch):
         val_share=0.2,
         methods=["kd", "dkd", "deepkd_default", "default_no_mask", candidate],
     )
-    monkeypatch.setitem(accuracy.PROFILES, "tiny_long", profile)
+    monkeypatch.setitem(profiles.PROFILES, "tiny_long", profile)
     out = tmp_path / "out"
-    report = accuracy.main(["--profile", "tiny_long", "--out", str(out), "--cache", str(tmp_path / "cache")])
+    argv = ["--profile", "tiny_long", "--out", str(out), "--cache", str(tmp_path / "cache")]
+    report = accuracy.main(argv)
     runs = report["runs"]
     assert len(runs) == 10 and not [r for r in runs if "error" in r]
     assert all(len(r["val_top1"]) == len(r["test_top1"]) == 2 for r in runs)
@@ -210,24 +212,35 @@ def test_long_machinery_end_to_end_on_digits(tmp_path, monkeypatch):
     assert (out / "plots" / "dynamics.png").exists() and (out / "plots" / "validation.png").exists()
 
 
+def test_accuracy_package_keeps_its_entry_points():
+    """``from benchmarks import accuracy`` gives the command line and the profiles; ``python -m`` finds it."""
+    import importlib.util
+
+    from benchmarks.accuracy import cli
+
+    assert accuracy.main is cli.main and accuracy.PROFILES is profiles.PROFILES
+    assert accuracy.recipes is methods.recipes and accuracy.METHODS == methods.METHODS
+    assert importlib.util.find_spec("benchmarks.accuracy.__main__") is not None
+
+
 def test_runs_in_worker_processes_equal_runs_in_this_process():
     """Two spawned workers of one thread give exactly the runs one thread gives here (each run seeds itself)."""
-    train, test, classes = accuracy.load("digits", {"train": 300, "test": 100})
-    train, val = accuracy.split_validation(train, 0.2)
+    train, test, classes = data.load("digits", {"train": 300, "test": 100})
+    train, val = data.split_validation(train, 0.2)
     torch.manual_seed(0)
-    teacher = accuracy._model("digits", "teacher", classes, train.tensors[0][:1]).eval()
+    teacher = profiles.model("digits", "teacher", classes, train.tensors[0][:1]).eval()
     logits = teacher(train.tensors[0]).detach()
-    book = accuracy.recipes(classes, 1, 3)
-    schedule = accuracy.schedule_for({"schedule": "step", "epochs": 1})
+    book = methods.recipes(classes, 1, 3)
+    schedule = profiles.schedule_for({"schedule": "step", "epochs": 1})
     jobs = [("digits", m, book[m], 0, 1, schedule) for m in ("kd", "deepkd_default")]
     contexts = {"digits": {"data": (train, test, classes), "val": val, "teacher": teacher, "logits": logits}}
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        here = accuracy.execute(jobs, contexts, workers=1, threads=1, log=lambda _: None)
+        here = pool.execute(jobs, contexts, workers=1, threads=1, log=lambda _: None)
     finally:
         torch.set_num_threads(threads)
-    there = accuracy.execute(jobs, contexts, workers=2, threads=1, log=lambda _: None)
+    there = pool.execute(jobs, contexts, workers=2, threads=1, log=lambda _: None)
     key = ("dataset", "method", "seed", "test_top1", "val_top1", "train_top1", "trace")
     assert [[r[k] for k in key] for r in here] == [[r[k] for k in key] for r in there]
 
