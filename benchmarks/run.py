@@ -5,9 +5,10 @@ Profiles: ``smoke`` (under a minute; CI runs it to keep the benchmark alive), ``
 with a step schedule, a validation split, deepkd's default recipe with its ablations and candidate settings; its
 speed section is reduced to the small CNN). Results go to ``--out`` (default ``bench-results/``):
 
-- ``report.md``: the machine, the commands, and both tables;
+- ``report.md``: where it comes from (machine, versions, commit, date, command line) and both tables;
 - ``speed.json`` / ``speed.md``: time per step of each recipe and the side-by-side comparisons;
-- ``accuracy.json`` (every run: config, seed, durations, curves), ``accuracy.csv``, ``accuracy.md``;
+- ``accuracy.json`` (every run: config, seed, durations, curves; the machine, versions, commit, date and command
+  line), ``accuracy.csv``, ``accuracy.md``;
 - ``plots/``: ``accuracy.png``, ``gsnr.png``, ``momentum.png``, ``mask.png``, ``dynamics.png`` (and
   ``validation.png`` with a validation split).
 
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import accuracy, speed
+from benchmarks import accuracy, provenance, speed
 
 # the speed section of each profile: a profile of benchmarks.speed, or sizes of its own (setup: batch, rounds, steps)
 SPEED: dict[str, str | dict[str, Any]] = {
@@ -57,6 +58,18 @@ def speed_section(profile: str, out: Path, threads: int | None) -> dict[str, Any
     return report
 
 
+def report_header(
+    profile: str, origin: dict[str, Any], machine: dict[str, Any], elapsed: float, timings: dict[str, float]
+) -> str:
+    """``report.md``'s title and where the report comes from (:mod:`benchmarks.provenance`), then the wall time."""
+    parts = ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items())
+    return (
+        f"# deepkd benchmark report ({profile})\n\n"
+        + provenance.markdown(origin, machine)
+        + f"\nWall time {elapsed / 60:.1f} min ({parts}).\n"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="deepkd benchmarks: speed and accuracy")
     parser.add_argument("--profile", choices=list(accuracy.PROFILES), default="default")
@@ -70,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         common += ["--threads", str(args.threads)]
     start = time.perf_counter()
     sections = []
-    machine = speed.machine()
+    machine, origin = provenance.machine(), provenance.provenance()
     timings = {}
     if args.only in (None, "speed"):
         print(f"== speed benchmark ({args.profile}) ==", file=sys.stderr, flush=True)
@@ -87,13 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             plots += "\n![K, momenta and GSNR of the DeepKD rows](plots/dynamics.png)\n"
         sections.append("## Accuracy\n\n" + (args.out / "accuracy.md").read_text() + plots)
     elapsed = time.perf_counter() - start
-    parts = ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items())
-    header = (
-        f"# deepkd benchmark report ({args.profile})\n\n"
-        f"Machine: {machine['cpu']}, {machine['threads']} torch threads, Python {machine['python']}, "
-        f"torch {machine['torch']}, deepkd {machine['deepkd']}. Wall time {elapsed / 60:.1f} min ({parts}).\n\n"
-        f"Command: `nox -s bench -- --profile {args.profile}`\n"
-    )
+    header = report_header(args.profile, origin, machine, elapsed, timings)
     (args.out / "report.md").write_text(header + "\n" + "\n\n".join(sections) + "\n")
     print(f"report: {args.out / 'report.md'} ({elapsed:.0f} s)", file=sys.stderr)
     return 0

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 import deepkd
-from benchmarks import accuracy
+from benchmarks import accuracy, provenance
 from benchmarks.accuracy import data, methods, pool, profiles, stats
 
 
@@ -210,6 +210,12 @@ def test_long_machinery_end_to_end_on_digits(tmp_path, monkeypatch):
     saved = json.loads((out / "accuracy.json").read_text())
     assert saved["runs"][0]["recipe"] == runs[0]["recipe"]
     assert (out / "plots" / "dynamics.png").exists() and (out / "plots" / "validation.png").exists()
+    # the report says where it comes from: commit, date, command line, machine and versions
+    origin, machine = saved["meta"]["provenance"], saved["meta"]["machine"]
+    assert {"git_commit", "git_dirty", "date", "command"} <= set(origin) and origin["arguments"] == argv
+    assert machine["deepkd"] == deepkd.__version__ and machine["torch"] == torch.__version__
+    assert machine["cpu_model"] and machine["cores"] >= 1 and machine["threads"] >= 1
+    assert machine["torchvision"] and machine["numpy"] and machine["python"]
 
 
 def test_accuracy_package_keeps_its_entry_points():
@@ -221,6 +227,24 @@ def test_accuracy_package_keeps_its_entry_points():
     assert accuracy.main is cli.main and accuracy.PROFILES is profiles.PROFILES
     assert accuracy.recipes is methods.recipes and accuracy.METHODS == methods.METHODS
     assert importlib.util.find_spec("benchmarks.accuracy.__main__") is not None
+
+
+def test_report_header_names_commit_date_command_machine_and_versions(monkeypatch):
+    from datetime import datetime
+
+    from benchmarks import run
+
+    origin, machine = provenance.provenance(), provenance.machine()
+    assert datetime.fromisoformat(origin["date"]).tzinfo is not None and origin["command"]
+    header = run.report_header("smoke", origin, machine, 90.0, {"speed": 30.0, "accuracy": 60.0})
+    assert header.startswith("# deepkd benchmark report (smoke)")
+    assert f"`{origin['command']}`" in header and "Wall time 1.5 min (speed 0.5 min, accuracy 1.0 min)" in header
+    for key in ("cpu_model", "cores", "threads", "python", "torch", "torchvision", "numpy", "deepkd"):
+        assert str(machine[key]) in header, key
+    monkeypatch.setenv("DEEPKD_COMMIT", "0123abc")  # a copy without git history names its commit
+    assert provenance.commit() == ("0123abc", None)
+    header = run.report_header("smoke", provenance.provenance(), machine, 1.0, {})
+    assert "Commit: 0123abc (uncommitted changes unknown)" in header
 
 
 def test_runs_in_worker_processes_equal_runs_in_this_process():

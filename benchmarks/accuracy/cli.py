@@ -1,7 +1,7 @@
 """The command line: ``python -m benchmarks.accuracy --profile smoke|default|long|full`` (or ``nox -s bench``).
 
 :func:`main` prepares each data set of the profile (data, teacher, teacher logits, recipes), runs every method
-over the seeds, and writes ``accuracy.json`` (every run, the summary, the machine),
+over the seeds, and writes ``accuracy.json`` (every run, the summary, and where the report comes from),
 ``accuracy.csv``, ``accuracy.md`` and ``plots/`` into ``--out``.
 """
 
@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import deepkd
+from benchmarks import provenance
 from benchmarks.accuracy.data import Split, prepare
 from benchmarks.accuracy.methods import METHODS, all_methods, label, recipes
 from benchmarks.accuracy.plots import plots
@@ -120,18 +121,17 @@ def _jobs(dataset: str, ready: Prepared, methods: list[str], profile: Mapping[st
     return [Job(dataset, m, book[m], seed, epochs, schedule) for seed in seeds for m in methods if m in book]
 
 
-def _meta(args: argparse.Namespace, workers: int, threads: int) -> dict[str, Any]:
+def _meta(args: argparse.Namespace, arguments: list[str], workers: int, threads: int) -> dict[str, Any]:
     """The report's record of this invocation, before any data set is prepared."""
-    from benchmarks.speed import machine
-
     return {
         "profile": args.profile,
-        "machine": machine(),
+        "machine": provenance.machine(),
         "workers": workers,
         "threads_per_run": threads if workers > 1 else torch.get_num_threads(),
         "datasets": {},
         "skipped": {},
         "skipped_candidates": {},
+        "provenance": {**provenance.provenance(), "arguments": arguments},
     }
 
 
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None, log: Callable[[str], None] | None = None
     workers = args.workers if args.workers is not None else profile.get("workers", 1)
     threads = max(1, torch.get_num_threads() // max(1, workers))
     schedule = schedule_for(profile)
-    meta = _meta(args, workers, threads)
+    meta = _meta(args, sys.argv[1:] if argv is None else list(argv), workers, threads)
     jobs: list[Job] = []
     contexts: dict[str, dict[str, Any]] = {}
     labels: dict[str, str] = {}
