@@ -26,10 +26,13 @@ one product of the network per group and no backward pass through the loss.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from deepkd.types import Keep, LossStrategy
 
 __all__ = [
     "GradientBuffer",
@@ -39,6 +42,8 @@ __all__ = [
     "decompose_logits",
     "decompose_splits",
     "group_losses",
+    "no_split",
+    "on_samples",
     "trainable",
     "zero_filled",
 ]
@@ -156,6 +161,27 @@ def decompose_splits(
     chunks = torch.arange(batch, device=device).chunk(splits)
     grads = [decompose(parts_of(idx), groups, params, mode=mode, retain_graph=True) for idx in chunks]
     return grads, [len(idx) for idx in chunks]
+
+
+def no_split(splits: int) -> None:
+    """What a rule's ``ctx.split_gradients`` is after the step's gradients are taken, when the batch's graph is
+    gone: an error."""
+    from deepkd.errors import DeepKDError
+
+    raise DeepKDError("split gradients are available while probing, before the step's gradients are taken")
+
+
+def on_samples(
+    loss: LossStrategy, student: Tensor, teacher: Tensor | None, target: Tensor, epoch: int, keep: Keep | None
+) -> Callable[[Tensor], dict[str, Tensor]]:
+    """``parts_of(index)``: ``loss``'s parts on the samples ``index`` of a batch (for gradients on batch splits)."""
+
+    def parts_of(idx: Tensor) -> dict[str, Tensor]:
+        sub_keep = None if keep is None else keep._replace(mask=keep.mask[idx])
+        sub_teacher = None if teacher is None else teacher[idx]
+        return loss.parts(student[idx], sub_teacher, target[idx], epoch=epoch, keep=sub_keep)
+
+    return parts_of
 
 
 def by_param_group(grads: Sequence[Sequence[Tensor]], active: Sequence[Sequence[bool]]) -> list[list[list[Tensor]]]:

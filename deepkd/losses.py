@@ -38,9 +38,7 @@ task-oriented gradient (TOG), ``tckd`` the target-class gradient (TCG) and ``nck
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-from typing import ClassVar, Literal, NamedTuple
+from typing import ClassVar, Literal
 
 import attrs
 import torch
@@ -49,8 +47,9 @@ from attrs import validators as v
 from torch import Tensor
 
 from deepkd.errors import InputError
-from deepkd.registry import name_of, register_loss
-from deepkd.types import LossStrategy
+from deepkd.head import HeadTerms, ce_terms, head_terms, kl_rows, log_rest, target_mask
+from deepkd.registry import register_loss
+from deepkd.types import MASK_FORMS, Keep, MaskForm, PartsAndGrads
 from deepkd.validators import integer, real
 
 __all__ = [
@@ -58,66 +57,24 @@ __all__ = [
     "DKD",
     "KD",
     "PART_NAMES",
-    "HeadTerms",
-    "Keep",
-    "PartsAndGrads",
-    "MaskForm",
     "ce",
-    "ce_terms",
-    "check_call",
     "dkd",
-    "head_terms",
     "kd",
     "nckd",
-    "on_samples",
     "standardize",
     "target_prob",
-    "target_mask",
     "tckd",
-    "validate_logits",
+    # the closed-form head (deepkd.head) and the contract's types (deepkd.types), at their earlier import paths
+    "HeadTerms",
+    "Keep",
+    "MaskForm",
+    "PartsAndGrads",
+    "ce_terms",
+    "head_terms",
+    "target_mask",
 ]
 
 Reduction = Literal["none", "mean", "sum"]
-MaskForm = Literal["bucket", "renormalize"]
-MASK_FORMS: tuple[MaskForm, ...] = ("bucket", "renormalize")
-
-
-def validate_logits(
-    student: Tensor, teacher: Tensor | None, target: Tensor | None, *, labels: bool = True, classes: int | None = None
-) -> None:
-    """Check shapes, class counts (``classes``, when given, is the expected one) and, with ``labels``, the label
-    range, raising :class:`InputError` that names the bad value. Only the label range reads tensor values: on a GPU
-    it waits for the device, the rest does not."""
-    if student.dim() != 2:
-        raise InputError(f"student logits must have shape [batch, classes], got {tuple(student.shape)}")
-    if not student.is_floating_point():
-        raise InputError(f"student logits must be floating point, got {student.dtype}")
-    if classes is not None and student.shape[1] != classes:
-        raise InputError(
-            f"expected logits of {classes} classes (as on the first step), got shape {tuple(student.shape)}"
-        )
-    batch, classes = student.shape
-    if classes < 2:
-        raise InputError(f"distillation needs at least 2 classes, got logits of shape {tuple(student.shape)}")
-    if teacher is not None and teacher.shape != student.shape:
-        what = "class count" if teacher.dim() == 2 and teacher.shape[0] == batch else "shape"
-        raise InputError(
-            f"teacher/student {what} mismatch: teacher logits {tuple(teacher.shape)}, "
-            f"student logits {tuple(student.shape)}"
-        )
-    if target is not None:
-        if target.shape != (batch,):
-            raise InputError(f"target must have shape [{batch}], got {tuple(target.shape)}")
-        if target.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
-            raise InputError(f"target must hold integer class indices, got dtype {target.dtype}")
-        if labels and batch:
-            lo, hi = int(target.min()), int(target.max())
-            if lo < 0 or hi >= classes:
-                bad = lo if lo < 0 else hi
-                raise InputError(
-                    f"label {bad} is out of range: labels must lie in [0, {classes}) for {classes} classes"
-                )
-
 
 def standardize(logits: Tensor, eps: float = 1e-7) -> Tensor:
     r"""Per-sample logit standardisation :math:`(z - \bar z) / (\sigma(z) + \epsilon)` (Sun et al., CVPR 2024).
@@ -143,15 +100,6 @@ def _reduce(x: Tensor, reduction: Reduction) -> Tensor:
     raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
 
 
-def _kl_rows(log_p: Tensor, log_q: Tensor, valid: Tensor | None = None) -> Tensor:
-    """Σ_i p_i (log p_i - log q_i) per row, with entries where p_i = 0 or ``valid`` is False contributing 0."""
-    p = log_p.exp()
-    keep = p > 0 if valid is None else valid & (p > 0)
-    zero = torch.zeros((), dtype=log_p.dtype, device=log_p.device)
-    diff = torch.where(keep, log_p, zero) - torch.where(keep, log_q, zero)
-    return torch.where(keep, p * diff, zero).sum(dim=1)
-
-
 def ce(student: Tensor, target: Tensor, *, reduction: Reduction = "none") -> Tensor:
     """Cross-entropy of the raw student logits (T = 1), computed in float32."""
     return _reduce(F.cross_entropy(student.float(), target, reduction="none"), reduction)
@@ -168,10 +116,7 @@ def kd(
     r"""Hinton's KD loss :math:`T^2\,\mathrm{KL}(p^T \| p^S)` per sample."""
     log_ps = F.log_softmax(_scaled(student, temperature, standardized), dim=1)
     log_pt = F.log_softmax(_scaled(teacher.detach(), temperature, standardized), dim=1)
-    return _reduce(temperature**2 * _kl_rows(log_pt, log_ps), reduction)
-
-
-_LOG_HALF = -math.log(2.0)
+    return _reduce(temperature**2 * kl_rows(log_pt, log_ps), reduction)
 
 
 def _binary_log_probs(z: Tensor, target: Tensor, target_mask: Tensor) -> Tensor:
@@ -187,9 +132,7 @@ def _binary_log_probs(z: Tensor, target: Tensor, target_mask: Tensor) -> Tensor:
     log_py = z.gather(1, target.long()[:, None])[:, 0] - lse_all
     lowest = torch.finfo(z.dtype).min
     log_rest_lse = torch.logsumexp(z.masked_fill(target_mask, lowest), dim=1) - lse_all
-    log_rest_log1p = torch.log1p(-torch.exp(log_py.clamp(max=_LOG_HALF)))
-    log_rest = torch.where(log_py < _LOG_HALF, log_rest_log1p, log_rest_lse)
-    return torch.stack([log_py, log_rest], dim=1)
+    return torch.stack([log_py, log_rest(log_py, log_rest_lse)], dim=1)
 
 
 def _target_mask(z: Tensor, target: Tensor) -> Tensor:
@@ -209,21 +152,8 @@ def tckd(
     zs = _scaled(student, temperature, standardized)
     zt = _scaled(teacher.detach(), temperature, standardized)
     gt = _target_mask(zs, target)
-    loss = _kl_rows(_binary_log_probs(zt, target, gt), _binary_log_probs(zs, target, gt))
+    loss = kl_rows(_binary_log_probs(zt, target, gt), _binary_log_probs(zs, target, gt))
     return _reduce(temperature**2 * loss, reduction)
-
-
-class Keep(NamedTuple):
-    """A top-K mask for NCKD: which non-target classes are kept, and what happens to the others.
-
-    Attributes:
-        mask: boolean ``[B, C]``, True for the kept non-target classes (the same set for teacher and student).
-        form: ``"bucket"`` (the masked classes become one "rest" bin in both distributions) or ``"renormalize"``
-            (NCKD over the kept classes alone, the masked ones dropped).
-    """
-
-    mask: Tensor
-    form: MaskForm = "bucket"
 
 
 def nckd(
@@ -277,7 +207,7 @@ def nckd(
         valid = valid & mask
     log_ps = F.log_softmax(zs.masked_fill(~valid, lowest), dim=1)
     log_pt = F.log_softmax(zt.masked_fill(~valid, lowest), dim=1)
-    return _reduce(temperature**2 * _kl_rows(log_pt, log_ps, valid), reduction)
+    return _reduce(temperature**2 * kl_rows(log_pt, log_ps, valid), reduction)
 
 
 def _bucket_log_probs(z: Tensor, non_target: Tensor, rest: Tensor, rest_bin: Tensor) -> Tensor:
@@ -296,7 +226,7 @@ def _bucket_kl(zs: Tensor, zt: Tensor, non_target: Tensor, kept: Tensor) -> Tens
     rest_bin = rest.any(dim=1, keepdim=True)
     valid = torch.cat([kept, rest_bin], dim=1)
     log_pt = _bucket_log_probs(zt, non_target, rest, rest_bin)
-    return _kl_rows(log_pt, _bucket_log_probs(zs, non_target, rest, rest_bin), valid)
+    return kl_rows(log_pt, _bucket_log_probs(zs, non_target, rest, rest_bin), valid)
 
 
 def target_prob(logits: Tensor, target: Tensor, temperature: float = 1.0, *, standardized: bool = False) -> Tensor:
@@ -324,153 +254,12 @@ def dkd(
 
 
 # --------------------------------------------------------------------------------------------------------------
-# The loss head in closed form: each part's value and its gradient with respect to the student's logits, in one pass
-# without autograd. A step then needs no backward pass through the loss head, only one vector-Jacobian product of
-# the network per gradient group (``torch.autograd.grad(logits, params, grad_outputs=G)``): on a GPU, where a small
-# model's step is bound by kernel launches, that removes most of the head's launches.
-
-
-class PartsAndGrads(NamedTuple):
-    """A loss strategy's parts (0-dim float32 tensors, without autograd history) and each part's gradient with
-    respect to the student logits (``[B, C]`` float32): what ``parts_and_grads`` returns."""
-
-    values: dict[str, Tensor]
-    grads: dict[str, Tensor]
-
-
-class HeadTerms(NamedTuple):
-    """Per-sample TCKD and NCKD (:math:`T^2` included), :math:`1 - p^T_y`, and the gradients of TCKD and NCKD of
-    each sample with respect to the raw student logits (``[B, C]``, float32)."""
-
-    tckd: Tensor
-    nckd: Tensor
-    rest: Tensor
-    d_tckd: Tensor
-    d_nckd: Tensor
-
-
-def target_mask(logits: Tensor, target: Tensor) -> Tensor:
-    """Boolean ``[B, C]``: True at each row's target class."""
-    return torch.zeros(logits.shape, dtype=torch.bool, device=logits.device).scatter_(1, target.long()[:, None], True)
-
-
-@torch.no_grad()
-def head_terms(
-    student: Tensor, teacher: Tensor, target: Tensor, temperature: float, keep: Tensor | Keep | None = None
-) -> HeadTerms:
-    r""":class:`HeadTerms` of a batch, computed as :func:`tckd` and :func:`nckd` compute the values (the same
-    formulas, so the same numbers), with the gradients in closed form (Zhao et al., 2022; DeepKD, §2 of deepkd's
-    specification): for :math:`u = z^S / T`,
-
-    - TCKD: :math:`T (p^S_y - p^T_y)` at the target, :math:`-T (p^S_y - p^T_y)\,\hat p^S_j` elsewhere;
-    - NCKD: :math:`T (\hat p^S_j - \hat p^T_j)` on the non-target classes, 0 at the target. With a ``"bucket"``
-      mask a masked class gets its share of the rest bin: :math:`T (\hat p^S_j - Q^T \hat p^S_j / Q^S)`, with
-      :math:`Q` the rest bin's mass; with ``"renormalize"`` the kept classes' renormalised difference and 0 on
-      the masked ones.
-    """
-    T = temperature
-    u = student.detach().float() / T
-    v = teacher.detach().float() / T
-    gt = target_mask(u, target)
-    lowest = torch.finfo(u.dtype).min
-    tgt = target.long()[:, None]
-    lse_u, lse_v = torch.logsumexp(u, dim=1), torch.logsumexp(v, dim=1)
-    u_nt, v_nt = u.masked_fill(gt, lowest), v.masked_fill(gt, lowest)
-    nt_u, nt_v = torch.logsumexp(u_nt, dim=1, keepdim=True), torch.logsumexp(v_nt, dim=1, keepdim=True)
-    ls_y, lt_y = u.gather(1, tgt)[:, 0] - lse_u, v.gather(1, tgt)[:, 0] - lse_v
-    ls_r = _log_rest(ls_y, nt_u[:, 0] - lse_u)
-    lt_r = _log_rest(lt_y, nt_v[:, 0] - lse_v)
-    tc = T**2 * _kl_rows(torch.stack([lt_y, lt_r], dim=1), torch.stack([ls_y, ls_r], dim=1))
-    ps_y, pt_y = ls_y.exp(), lt_y.exp()
-    mask: Tensor | None = keep.mask if isinstance(keep, Keep) else keep
-    form = keep.form if isinstance(keep, Keep) else "bucket"
-    valid = ~gt
-    log_hat_s, log_hat_t = F.log_softmax(u_nt, dim=1), F.log_softmax(v_nt, dim=1)  # p̂ (the target: masked below)
-    p_hat_s = log_hat_s.exp().masked_fill(gt, 0.0)
-    if mask is None:
-        nc = T**2 * _kl_rows(log_hat_t, log_hat_s, valid)
-        d_nc = T * (p_hat_s - log_hat_t.exp().masked_fill(gt, 0.0))
-    elif form == "bucket":  # _bucket_kl's numbers, its logsumexps shared with the gradient
-        kept = valid & mask
-        rest = valid & ~kept
-        rest_bin = rest.any(dim=1, keepdim=True)
-        out_of_rest = ~rest
-        rest_u = torch.logsumexp(u.masked_fill(out_of_rest, lowest), dim=1, keepdim=True)
-        rest_v = torch.logsumexp(v.masked_fill(out_of_rest, lowest), dim=1, keepdim=True)
-        none = torch.full_like(rest_u, float("-inf"))  # an empty rest bin (its logsumexp is not -inf)
-        log_q_u = torch.cat([u - nt_u, torch.where(rest_bin, rest_u, none) - nt_u], dim=1)
-        log_q_v = torch.cat([v - nt_v, torch.where(rest_bin, rest_v, none) - nt_v], dim=1)
-        nc = T**2 * _kl_rows(log_q_v, log_q_u, torch.cat([kept, rest_bin], dim=1))
-        within_rest_s = (u - rest_u).exp().masked_fill(out_of_rest, 0.0)  # the student's shares inside its bin
-        rest_mass_t = log_q_v[:, -1:].exp()  # the teacher's rest bin (0 when empty)
-        target_dist = torch.where(kept, log_q_v[:, :-1].exp(), rest_mass_t * within_rest_s).masked_fill(gt, 0.0)
-        d_nc = T * (p_hat_s - target_dist)
-    else:
-        kept = valid & mask
-        log_s = F.log_softmax(u.masked_fill(~kept, lowest), dim=1)
-        log_t = F.log_softmax(v.masked_fill(~kept, lowest), dim=1)
-        nc = T**2 * _kl_rows(log_t, log_s, kept)
-        d_nc = T * (log_s.exp() - log_t.exp()).masked_fill(~kept, 0.0)
-    d_tc = (T * (ps_y - pt_y))[:, None] * (gt.float() - p_hat_s)
-    return HeadTerms(tc, nc, 1.0 - pt_y, d_tc, d_nc)
-
-
-def _log_rest(log_py: Tensor, log_rest_lse: Tensor) -> Tensor:
-    """log(1 − p_y) as :func:`_binary_log_probs` computes it (``log1p`` below p_y = 1/2, the logsumexp above)."""
-    log_rest_log1p = torch.log1p(-torch.exp(log_py.clamp(max=_LOG_HALF)))
-    return torch.where(log_py < _LOG_HALF, log_rest_log1p, log_rest_lse)
-
-
-@torch.no_grad()
-def ce_terms(student: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-    r"""Per-sample cross-entropy (:func:`ce`) and its gradient with respect to the student logits,
-    :math:`\mathrm{softmax}(z) - \mathbb 1[y]` (float32)."""
-    z = student.detach().float()
-    log_p = F.log_softmax(z, dim=1)
-    loss = -log_p.gather(1, target.long()[:, None])[:, 0]
-    return loss, log_p.exp() - target_mask(z, target).float()
-
-
-# --------------------------------------------------------------------------------------------------------------
 # Loss strategies: frozen configs whose ``parts`` split the loss into the parts the momentum strategies group.
 
 PART_NAMES = ("task", "tckd", "nckd")
 
 _nonneg = real(ge=0.0)
 _positive = real(gt=0.0)
-
-
-def check_call(loss: LossStrategy, teacher: Tensor | None, epoch: int | None) -> int:
-    """The epoch to build ``loss``'s parts with (1 when it does not depend on the epoch and none is given).
-
-    Raises:
-        InputError: the loss needs a teacher and ``teacher`` is None; the loss depends on the epoch (DKD's
-            warm-up; assumed for a strategy that does not say) and none is given; a bad epoch. The message names the
-            loss by its registered name.
-    """
-    if epoch is None and getattr(loss, "uses_epoch", True):
-        raise InputError(
-            f"the {name_of(loss)!r} loss depends on the epoch (e.g. DKD's warm-up): pass distill_step(..., epoch=e) "
-            "with e counted from 1"
-        )
-    if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1):
-        raise InputError(f"epoch must be an integer >= 1 (epochs count from 1), got {epoch!r}")
-    if teacher is None and loss.needs_teacher:
-        raise InputError(f"the {name_of(loss)!r} loss needs teacher logits, got None")
-    return 1 if epoch is None else epoch
-
-
-def on_samples(
-    loss: LossStrategy, student: Tensor, teacher: Tensor | None, target: Tensor, epoch: int, keep: Keep | None
-) -> Callable[[Tensor], dict[str, Tensor]]:
-    """``parts_of(index)``: ``loss``'s parts on the samples ``index`` of a batch (for gradients on batch splits)."""
-
-    def parts_of(idx: Tensor) -> dict[str, Tensor]:
-        sub_keep = None if keep is None else keep._replace(mask=keep.mask[idx])
-        sub_teacher = None if teacher is None else teacher[idx]
-        return loss.parts(student[idx], sub_teacher, target[idx], epoch=epoch, keep=sub_keep)
-
-    return parts_of
 
 
 @register_loss("ce")

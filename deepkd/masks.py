@@ -4,10 +4,11 @@ The teacher's non-target logits are ranked (the target excluded, ties broken by 
 kept; the same kept set masks teacher and student inside NCKD. Because the ranking is a fixed total order, the kept
 set for K is contained in the kept set for K + 1. K ≥ C − 1 means no masking.
 
-What happens to the masked classes is the mask's ``form`` (:func:`deepkd.losses.nckd`): ``"bucket"`` (default)
-merges them into one "rest" bin in both distributions, so the teacher's total mass on its tail still constrains the
-student; ``"renormalize"`` drops them (the literal reading of the paper), which leaves the student's mass on them
-unconstrained and, measured on a 100-class set with K = 10, let training collapse from 33–36 % to 7–14 % top-1.
+What happens to the masked classes is the mask's ``form`` (:data:`deepkd.types.MaskForm`, :func:`deepkd.losses.nckd`):
+``"bucket"`` (default) merges them into one "rest" bin in both distributions, so the teacher's total mass on its
+tail still constrains the student; ``"renormalize"`` drops them (the literal reading of the paper), which leaves the
+student's mass on them unconstrained and, measured on a 100-class set with K = 10, let training collapse from 33–36 %
+to 7–14 % top-1.
 
 The dynamic top-K mask of DeepKD (arXiv 2505.15133, §3.3) grows K with the student's training top-1 accuracy,
 smoothed over steps (an exponential moving average with a time constant of ``horizon`` steps, starting at 0):
@@ -33,15 +34,15 @@ tensor([[False, False,  True,  True]])
 from __future__ import annotations
 
 import math
-from typing import ClassVar, NamedTuple
+from typing import ClassVar
 
 import attrs
 import torch
 from attrs import validators as v
 from torch import Tensor
 
-from deepkd.losses import MASK_FORMS, Keep, MaskForm
 from deepkd.registry import register_mask
+from deepkd.types import MASK_FORMS, Keep, MaskForm, MaskState
 from deepkd.validators import integer, real
 
 __all__ = [
@@ -53,7 +54,7 @@ __all__ = [
     "NO_PHASE",
     "PHASE_NAMES",
     "TRANSITION",
-    "MaskState",
+    "MaskState",  # deepkd.types.MaskState, at its earlier import path
     "dynamic_k",
     "dynamic_k_of",
     "k_range",
@@ -75,17 +76,6 @@ def round_half_up(x: float) -> int:
     (3, 2)
     """
     return math.floor(x + 0.5)
-
-
-class MaskState(NamedTuple):
-    """State of a mask strategy: the current K and phase, and the smoothed training accuracy. The optimizer moves it
-    to the logits' device at the first step; strategies change its tensors in place (a captured step replays the
-    same memory)."""
-
-    k: Tensor  # int64 scalar; K >= C - 1 means no masking
-    phase: Tensor  # int64 scalar; NO_PHASE, EASY, TRANSITION or HARD
-    accuracy: Tensor  # float64 scalar: moving average of the training top-1 accuracy (0 before the first step)
-    steps: Tensor  # int64 scalar: steps observed
 
 
 def new_state(k: int, phase: int, device: torch.device | str | None = None) -> MaskState:
@@ -223,7 +213,7 @@ def smooth_accuracy(state: MaskState, hits: Tensor, samples: Tensor | int, horiz
 
 
 def keep_mask(state: MaskState, teacher: Tensor, target: Tensor, form: MaskForm = "bucket") -> Keep | None:
-    """The :class:`~deepkd.losses.Keep` mask for the state's current K, held on the device (all non-target classes
+    """The :class:`~deepkd.types.Keep` mask for the state's current K, held on the device (all non-target classes
     once K ≥ C − 1: NCKD then equals the unmasked one up to rounding). Strategies whose K is fixed know it on the
     host and say so with a ``keep`` method of their own."""
     return Keep(rank_keep_mask(teacher, target, state.k), form)

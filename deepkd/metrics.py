@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from deepkd.data.base import unpack
 from deepkd.distributed import is_distributed, sum_over_ranks
 from deepkd.errors import DataError, InputError
-from deepkd.losses import validate_logits
+from deepkd.inputs import validate_logits
 from deepkd.models import extract_logits
 from deepkd.train_config import autocast
 

@@ -5,20 +5,15 @@ Where a plain loop calls ``loss.backward(); opt.step()``, a distillation loop ca
     out = opt.distill_step(student_logits, teacher_logits, target, epoch=epoch)
 
 which builds the loss parts, takes one gradient per group of parts, lets the momentum strategy's offset rule move
-the coefficients, updates buffers and parameters, and lets the mask observe the step: the same code for every
-strategy, whose differences are all in its :class:`~deepkd.momentum.Plan`. Param groups, LR schedulers and
-``state_dict``/``load_state_dict`` work as with any optimizer. ``epoch`` (from 1) is required when the loss depends
-on it (DKD's warm-up); the mask and GSNR follow steps.
+the coefficients, updates buffers and parameters (:mod:`deepkd.param_groups`), and lets the mask observe the step:
+the same code for every strategy, whose differences are all in its :class:`~deepkd.types.Plan`. Param groups, LR
+schedulers and ``state_dict``/``load_state_dict`` work as with any optimizer. ``epoch`` (from 1) is required when
+the loss depends on it (DKD's warm-up).
 
 **A step never waits for the device.** Loss parts, coefficients, GSNR, K and the smoothed accuracy stay on the
-device; counters are Python numbers; a step whose loss is not finite is skipped on the device (its gradients
-zeroed, its buffers and parameters left as they are) and recorded there. ``out`` (a
-:class:`~deepkd.types.StepOutput`) holds the step's values on the device and reads them back when a field is first
-read: reading ``out.loss`` or ``out.parts`` every step makes every step wait for the device, as
-``loss.item()`` would; read them every few steps (the :class:`~deepkd.trainer.Trainer` reads them every
-``log_every`` steps). With ``nonfinite="raise"`` the first non-finite step and every later one are not applied, and
-:class:`~deepkd.errors.NonFiniteLossError` (naming that step and its parts) is raised by the next read of a step's
-values, :meth:`check_finite` or :meth:`state_dict`.
+device, and a step whose loss is not finite is skipped there. ``out`` (a :class:`~deepkd.types.StepOutput`) reads
+the step's values back when a field is first read, which waits for the device as ``loss.item()`` would: read them
+every few steps (the :class:`~deepkd.trainer.Trainer` reads them every ``log_every`` steps).
 
 Collectives per step in a distributed run (``torch.distributed`` with more than one process):
 
@@ -45,9 +40,8 @@ The split GSNR estimator adds one collective of ``2k`` floats at its estimation 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor
@@ -55,41 +49,41 @@ from torch import Tensor
 from deepkd import distributed
 from deepkd.checkpoint import check_recipe, pack_state, unpack_state
 from deepkd.config import unstructure
-from deepkd.decompose import GradientBuffer, Mode, decompose, decompose_logits, decompose_splits, trainable
-from deepkd.errors import CheckpointError, DeepKDError, NonFiniteLossError
-from deepkd.losses import Keep, check_call, on_samples, validate_logits
-from deepkd.masks import PHASE_NAMES, MaskState, keep_mask
-from deepkd.momentum import (
-    GSNR,
-    Coefficient,
-    StepContext,
-    check_hyperparameters,
-    init,
+from deepkd.decompose import (
+    Mode,
+    decompose,
+    decompose_logits,
+    decompose_splits,
+    group_losses,
     no_split,
-    step_param_groups,
-    step_scales,
-    tracking_gsnr,
+    on_samples,
+    trainable,
 )
+from deepkd.errors import CheckpointError, DeepKDError
+from deepkd.inputs import check_call, validate_logits
+from deepkd.kernels import MomentumState, init
+from deepkd.masks import keep_mask
+from deepkd.momentum import GSNR, tracking_gsnr
+from deepkd.optim_state import (
+    OwnState,
+    Runtime,
+    finite_record,
+    mean_small_values,
+    new_runtime,
+    pack,
+    raise_if_bad,
+    reader,
+    record_step,
+)
+from deepkd.param_groups import check_hyperparameters, lr_tensors, step_coefficients, step_param_groups
 from deepkd.registry import name_of
-from deepkd.types import StepOutput
+from deepkd.types import Keep, MaskState, StepContext, StepOutput
 from deepkd.validators import check_choice
 
 if TYPE_CHECKING:
-    from deepkd.momentum import MomentumState
     from deepkd.recipe import Recipe
 
 __all__ = ["DistillOptimizer", "StepOutput"]
-
-
-class _Runtime(NamedTuple):
-    """What the optimizer keeps on the device between steps besides strategy states (built at the first step)."""
-
-    grads: GradientBuffer
-    step: Tensor  # int64: steps taken (the device's count, which a captured step advances)
-    bad_step: Tensor  # int64: the first step whose loss was not finite (0: none yet)
-    bad_parts: Tensor  # float32 [parts]: that step's loss parts
-    skipped: Tensor  # int64: steps not applied
-    clean: Tensor  # bool: no step's loss has been non-finite yet
 
 
 class DistillOptimizer(torch.optim.Optimizer):
@@ -155,13 +149,15 @@ class DistillOptimizer(torch.optim.Optimizer):
         #: read a number-valued ``lr`` each step (False), or keep every group's learning rate in a tensor on the
         #: device that the update multiplies by (True: what a captured step needs; see :mod:`deepkd.capture`)
         self.capturable = False
-        self._runtime: _Runtime | None = None
+        self._runtime: Runtime | None = None
         self._lrs: list[tuple[float, Tensor]] = []  # per param group: the lr last written, its device tensor
-        self._coefficients: dict[tuple[int, tuple[float, ...]], list[Tensor]] = {}
         self._epochs: list[tuple[int, int]] = []  # (first step, epoch), for naming a bad step's epoch
-        self._pending: Any = None  # from distill_step to step()
+        # the gradients distill_step() hands to step(): LR schedulers and optimizer hooks wrap Optimizer.step, so the
+        # update runs there, never on its own
+        self._pending: tuple[list[list[list[Tensor]]], list[list[bool]], StepContext] | None = None
         self._hits: Tensor | None = None  # the last step's top-1 hits, on the device
         self._replay_step = 0
+        self._readers: tuple[Any, Any] = (None, None)  # (layout, reader) of the last step's packed values
         #: bumped whenever the state's tensors are replaced (a loaded state): a captured graph then holds stale ones
         self.state_version = 0
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov)
@@ -192,28 +188,6 @@ class DistillOptimizer(torch.optim.Optimizer):
         coeffs = self.plan.effective(tuple(coefficients))
         return {part: round(c, 12) for g, c in zip(self.plan.groups, coeffs) for part in g}
 
-    def _step_coefficients(
-        self, offsets: tuple[float, ...] | Tensor
-    ) -> tuple[list[list[Coefficient]], list[list[Coefficient]] | None]:
-        """Each param group's coefficients for this step (numbers, or 0-dim device tensors for offsets on the device,
-        computed there and never read), and with ``preserve_step`` each buffer's gradient factor."""
-        coefficients: list[list[Coefficient]] = []
-        scales: list[list[Coefficient]] | None = [] if self.plan.preserve_step else None
-        for group in self.param_groups:
-            mu = group["momentum"]
-            # in the parameters' dtype: a multi-tensor kernel whose scalar tensor has another dtype falls back to one
-            # launch per tensor (the update computes in float32 either way, so the numbers do not change)
-            dtype = next((p.dtype for p in group["params"]), torch.float32)
-            dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
-            each: list[Coefficient] = list(offsets.unbind()) if isinstance(offsets, Tensor) else list(offsets)
-            if isinstance(offsets, Tensor):
-                coefficients.append(list((offsets + mu).to(dtype).unbind()))
-            else:
-                coefficients.append([mu + o for o in offsets])
-            if scales is not None:
-                scales.append(step_scales(self.plan, mu, each, dtype))
-        return coefficients, scales
-
     # ------------------------------------------------------------------ the step
     def distill_step(
         self, student_logits: Tensor, teacher_logits: Tensor | None, target: Tensor, *, epoch: int | None = None
@@ -241,7 +215,7 @@ class DistillOptimizer(torch.optim.Optimizer):
         if not self._epochs or self._epochs[-1][1] != epoch:
             self._epochs.append((step, epoch))
         if self.capturable:
-            self._lr_tensors()
+            lr_tensors(self.param_groups, self._lrs)
         return step
 
     def _end(self, step: int) -> None:
@@ -265,26 +239,31 @@ class DistillOptimizer(torch.optim.Optimizer):
         re-allocation): a captured graph of an ordinary step cannot stand in for it."""
         return self.steps == 0 or self.rule.special(self.steps + 1)
 
-    def _start(self, student_logits: Tensor) -> _Runtime:
-        """First-step set-up: the class count, the mask state on the logits' device, the gradient buffer and the
-        non-finite record."""
-        device = student_logits.device
+    def _start(self, student_logits: Tensor) -> Runtime:
+        """First-step set-up: the class count, the mask state on the logits' device, the runtime record."""
         self.num_classes = student_logits.shape[1]
-        self.mask_state = MaskState(*(t.to(device) for t in self.recipe.mask.init(self.num_classes)))
-        groups, parts = len(self.plan.groups), len(self.recipe.loss.part_names)
+        return self._new_runtime(self.recipe.mask.init(self.num_classes), student_logits.device)
+
+    def _new_runtime(self, mask_state: MaskState, device: torch.device) -> Runtime:
+        self.mask_state = MaskState(*(t.to(device) for t in mask_state))
         params = [[p for p in g["params"]] for g in self.param_groups]
-        self._runtime = _new_runtime(params, groups, parts, device, 0)
+        groups, parts = len(self.plan.groups), len(self.recipe.loss.part_names)
+        self._runtime = new_runtime(params, groups, parts, device, self.steps, flat=FLAT_GRADIENTS)
         return self._runtime
 
+    def _mask_state(self) -> MaskState:
+        if self.mask_state is None:
+            raise DeepKDError("the mask state is built by the first distill_step()")
+        return self.mask_state
+
     def _keep(self, teacher: Tensor, target: Tensor) -> Keep | None:
-        assert self.mask_state is not None
         own = getattr(self.recipe.mask, "keep", None)
         if own is not None:
-            return own(self.mask_state, teacher, target)  # type: ignore[no-any-return]
-        return keep_mask(self.mask_state, teacher, target, self.recipe.mask.form)
+            return own(self._mask_state(), teacher, target)  # type: ignore[no-any-return]
+        return keep_mask(self._mask_state(), teacher, target, self.recipe.mask.form)
 
     def _device_step(
-        self, rt: _Runtime, student: Tensor, teacher: Tensor | None, target: Tensor, epoch: int, step: int
+        self, rt: Runtime, student: Tensor, teacher: Tensor | None, target: Tensor, epoch: int, step: int
     ) -> Tensor:
         """Everything one step does on the device, without reading anything back; returns the step's values
         packed in one float64 vector (see :meth:`_output`)."""
@@ -309,7 +288,7 @@ class DistillOptimizer(torch.optim.Optimizer):
         self.rule_state = self.rule.probe(self.rule_state, self._context(step, None, split, ok=applied))
         active, flat_params = trainable(self.param_groups)
         if closed is not None:  # one product of the network per group, no backward pass through the loss
-            logit_grads = [_group_sum(closed.grads, group) for group in self.plan.groups]
+            logit_grads = group_losses(closed.grads, self.plan.groups)  # the sum of each group's logit gradients
             raw = decompose_logits(student, logit_grads, flat_params, mode=self.decomposition)
         else:
             raw = decompose(parts, self.plan.groups, flat_params, mode=self.decomposition)
@@ -320,7 +299,7 @@ class DistillOptimizer(torch.optim.Optimizer):
         sample = self.rule.sample(self.rule_state, ctx) if self.rule.sample is not None else None
         path = self.sync_path
         if path is not None:  # the global batch's parts and counts; a NaN on one rank makes every rank skip
-            stacked, hits, samples, sample = _mean_small_values(stacked, hits, len(target), sample)
+            stacked, hits, samples, sample = mean_small_values(stacked, hits, len(target), sample)
             ok = torch.isfinite(stacked).all()
             applied = ok & rt.clean if halts else ok
         if path == "grads":  # one collective of k·|θ|
@@ -331,12 +310,14 @@ class DistillOptimizer(torch.optim.Optimizer):
         rt.grads.sanitize(skip, grads)
         self._pending = (grads, active, ctx._replace(ok=applied, sample=sample))
         self.step()
-        assert self.mask_state is not None
-        if getattr(mask_cfg, "observes", True):  # a skipped step observes no samples
-            self.mask_state = mask_cfg.observe(self.mask_state, hits * applied, samples * applied, self.num_classes)
-        self._record(rt, stacked, ok, skip)
+        mask_state = self._mask_state()
+        if getattr(mask_cfg, "observes", True):  # the global batch's counts; a skipped step observes no samples
+            self.mask_state = mask_state = mask_cfg.observe(mask_state, hits * applied, samples * applied,
+                                                           self.num_classes)  # fmt: skip
+        record_step(rt, stacked, ok, skip)
         self._hits = hits
-        return self._pack(stacked, skip)
+        offsets = self.offsets if isinstance(self.offsets, Tensor) else None
+        return pack(stacked, offsets, self.gsnr(), mask_state, skip)
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:  # type: ignore[override]
@@ -349,7 +330,7 @@ class DistillOptimizer(torch.optim.Optimizer):
         offsets, self.rule_state = self.rule.update(self.rule_state, ctx)
         self.offsets = offsets
         reduce = distributed.all_reduce_mean_ if self.sync_path == "step" else None  # one all-reduce of |θ| a step
-        coefficients, scales = self._step_coefficients(offsets)
+        coefficients, scales = step_coefficients(self.plan, self.param_groups, offsets)
         self.momentum_states = step_param_groups(
             self.plan,
             self.momentum_states,
@@ -364,87 +345,25 @@ class DistillOptimizer(torch.optim.Optimizer):
             grad_scales=scales,
         )
 
-    def _lr_tensors(self) -> list[Tensor]:
-        """Each param group's learning rate in a 0-dim tensor on its parameters' device, rewritten (one fill on the
-        device, no copy from the host) when the group's ``lr`` changes."""
-        while len(self._lrs) < len(self.param_groups):
-            device = self.param_groups[len(self._lrs)]["params"][0].device
-            self._lrs.append((math.nan, torch.zeros((), dtype=torch.float32, device=device)))
-        out = []
-        for i, group in enumerate(self.param_groups):
-            seen, tensor = self._lrs[i]
-            if group["lr"] != seen:
-                tensor.fill_(group["lr"])
-                self._lrs[i] = (group["lr"], tensor)
-            out.append(tensor)
-        return out
-
-    def _record(self, rt: _Runtime, parts: Tensor, ok: Tensor, skip: Tensor) -> None:
-        """The non-finite record, on the device: the first step whose parts were not finite, its parts, and the
-        count of steps not applied."""
-        rt.step.add_(1)
-        first = rt.clean & ~ok
-        torch.where(first, rt.step, rt.bad_step, out=rt.bad_step)  # masked_fill_ with a tensor value would read it
-        torch.where(first, parts, rt.bad_parts, out=rt.bad_parts)
-        rt.clean.logical_and_(ok)
-        rt.skipped.add_(skip)
-
-    def _pack(self, parts: Tensor, skip: Tensor) -> Tensor:
-        """The step's values in one float64 vector: parts, coefficients (when on the device), GSNR (when
-        reported), K, phase, skipped."""
-        assert self.mask_state is not None
-        pieces = [parts]
-        if isinstance(self.offsets, Tensor):
-            pieces.append(self.offsets)
-        if self.rule.report_gsnr is not None:
-            pieces.append(self.rule.report_gsnr(self.rule_state))
-        pieces += [self.mask_state.k.view(1), self.mask_state.phase.view(1), skip.view(1)]
-        return torch.cat(pieces).double()
-
     def _output(self, step: int, packed: Tensor) -> StepOutput:
         return StepOutput(step=step, tensor=packed, reader=self._reader(), correct=self._hits)
 
     def _reader(self) -> Any:
-        """How a step's packed values (:meth:`_pack`) read back: one function per layout, made once."""
+        """How a step's packed values (:func:`~deepkd.optim_state.pack`) read back: one function per layout."""
         dynamic = isinstance(self.offsets, Tensor)
         key = (dynamic, self.param_groups[0]["momentum"], None if dynamic else tuple(self.offsets))
-        if getattr(self, "_reader_key", None) != key:
-            self._reader_key, self._reader_fn = key, self._make_reader(dynamic)
-        return self._reader_fn
-
-    def _make_reader(self, dynamic: bool) -> Any:
-        names = list(self.recipe.loss.part_names)
-        groups = ["+".join(g) for g in self.plan.groups]
-        static = None if dynamic else self.part_momenta()
-        mu, reports = self.param_groups[0]["momentum"], self.rule.report_gsnr is not None
-        check = self.nonfinite == "raise"
-        n, g = len(names), len(groups)
-
-        def read(packed: Tensor) -> dict[str, Any]:
-            record = self._finite_record() if check else None
-            values = (packed if record is None else torch.cat([packed, record])).tolist()  # one read for both
-            if record is not None:
-                self._raise_if_bad(values[-record.numel() :])
-            parts = dict(zip(names, values[:n]))
-            at = n
-            momenta = static
-            if momenta is None:
-                momenta, at = self._momenta([mu + o for o in values[at : at + g]]), at + g
-            gsnr = None
-            if reports:
-                gsnr, at = dict(zip(groups, values[at : at + g])), at + g
-            k, phase, skipped = values[at : at + 3]
-            return {
-                "loss": float(sum(parts.values())),
-                "parts": parts,
-                "momenta": dict(momenta),
-                "gsnr": gsnr,
-                "k": int(k),
-                "phase": PHASE_NAMES[int(phase)],
-                "skipped": bool(skipped),
-            }
-
-        return read
+        if self._readers[0] != key:
+            mu, check = self.param_groups[0]["momentum"], self.nonfinite == "raise"
+            self._readers = (key, reader(
+                list(self.recipe.loss.part_names),
+                ["+".join(g) for g in self.plan.groups],
+                static_momenta=None if dynamic else self.part_momenta(),
+                momenta_of=lambda offsets: self._momenta([mu + o for o in offsets]),
+                reports_gsnr=self.rule.report_gsnr is not None,
+                record=(lambda: finite_record(self._runtime)) if check else None,
+                check=self._raise_if_bad,
+            ))  # fmt: skip
+        return self._readers[1]
 
     @property
     def sync_path(self) -> Literal["step", "grads"] | None:
@@ -457,12 +376,13 @@ class DistillOptimizer(torch.optim.Optimizer):
         self,
         step: int,
         grads: list[list[list[Tensor]]] | None,
-        split: Any = no_split,
+        split: Any = None,
         *,
         ok: Tensor | None = None,
         flat: Sequence[Tensor] | None = None,
     ) -> StepContext:
         mean: Any = distributed.mean_over_ranks if self.sync_path else (lambda t: t)
+        split = split if split is not None else no_split
         return StepContext(step, grads, split, mean, local_grads=self.sync_path == "step", ok=ok, flat=flat)
 
     # ------------------------------------------------------------------ reading back
@@ -480,26 +400,18 @@ class DistillOptimizer(torch.optim.Optimizer):
         """Raise :class:`NonFiniteLossError` when ``nonfinite="raise"`` and a step's loss was not finite, naming the
         first such step, its epoch and its parts (reads the device: one synchronisation). Under ``"skip"`` it
         does nothing."""
-        record = self._finite_record() if self.nonfinite == "raise" else None
+        record = finite_record(self._runtime) if self.nonfinite == "raise" else None
         if record is not None:
             self._raise_if_bad(record.tolist())
 
-    def _finite_record(self) -> Tensor | None:
-        """``[first bad step, its parts...]`` as one float64 tensor on the device, or ``None`` before any step."""
-        rt = self._runtime
-        return None if rt is None else torch.cat([rt.bad_step.view(1).double(), rt.bad_parts.double()])
-
     def _raise_if_bad(self, record: Sequence[float]) -> None:
-        bad_step = int(record[0])
-        if bad_step:
-            epoch = next((e for first, e in reversed(self._epochs) if first <= bad_step), 1)
-            raise NonFiniteLossError.at(bad_step, epoch, dict(zip(self.recipe.loss.part_names, record[1:])))
+        raise_if_bad(record, self._epochs, self.recipe.loss.part_names)
 
     # ------------------------------------------------------------------ state
-    def _own_state(self) -> _OwnState:
+    def _own_state(self) -> OwnState:
         momentum = tuple(self.momentum_states)
         offsets = tuple(self.offsets.tolist()) if isinstance(self.offsets, Tensor) else tuple(self.offsets)
-        return _OwnState(self.steps, offsets, momentum, self.rule_state, self.num_classes, self.mask_state)
+        return OwnState(self.steps, offsets, momentum, self.rule_state, self.num_classes, self.mask_state)
 
     def state_dict(self) -> dict[str, Any]:
         """The state with the global momentum buffers. Under ``sync_path == "step"`` this averages the ranks' local
@@ -533,57 +445,9 @@ class DistillOptimizer(torch.optim.Optimizer):
         self.mask_state, self._runtime, self._lrs = mask_state, None, []
         self.state_version += 1
         if mask_state is not None:  # on the parameters' device, where the steps will run
-            device = self.param_groups[0]["params"][0].device
-            self.mask_state = MaskState(*(t.to(device) for t in mask_state))
-            self._start_after_load(device)
-
-    def _start_after_load(self, device: torch.device) -> None:
-        groups, parts = len(self.plan.groups), len(self.recipe.loss.part_names)
-        params = [[p for p in g["params"]] for g in self.param_groups]
-        self._runtime = _new_runtime(params, groups, parts, device, self.steps)
-
-
-def _group_sum(grads: dict[str, Tensor], group: Sequence[str]) -> Tensor:
-    total = grads[group[0]]
-    for name in group[1:]:
-        total = total + grads[name]
-    return total
-
-
-def _new_runtime(params: list[list[Tensor]], groups: int, parts: int, device: torch.device, steps: int) -> _Runtime:
-    zero = torch.zeros((), dtype=torch.int64, device=device)
-    clean = torch.ones((), dtype=torch.bool, device=device)
-    return _Runtime(GradientBuffer(params, groups, flat=FLAT_GRADIENTS), zero + steps, zero.clone(),
-                    torch.zeros(parts, device=device), zero.clone(), clean)  # fmt: skip
+            self._new_runtime(mask_state, self.param_groups[0]["params"][0].device)
 
 
 #: whether the optimizer copies each step's gradients into one flat buffer (one multi-tensor launch to copy, one
 #: kernel to zero a skipped step, one gather for the GSNR samples): ``None`` does on CUDA, not on the CPU
 FLAT_GRADIENTS: bool | None = None
-
-
-def _mean_small_values(
-    parts: Tensor, hits: Tensor, samples: int, sample: Tensor | None
-) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """One collective for the step's small values: the mean of the loss parts and of the rule's sample over ranks,
-    and the sums of the mask's hit and sample counts."""
-    counts = torch.stack([hits.float(), hits.new_full((), float(samples), dtype=torch.float32)])
-    pieces = [parts.float(), counts]
-    if sample is not None:
-        pieces.append(sample.float())
-    small = distributed.sum_over_ranks(torch.cat(pieces))
-    world = distributed.world_size()
-    n = parts.numel()
-    reduced_sample = None if sample is None else small[n + 2 :] / world
-    return small[:n] / world, small[n], small[n + 1], reduced_sample
-
-
-class _OwnState(NamedTuple):
-    """What ``state_dict()["deepkd"]`` holds besides the recipe (packed as plain data)."""
-
-    steps: int
-    offsets: tuple[float, ...]
-    momentum: tuple[MomentumState, ...]
-    rule: Any  # the offset rule's state
-    classes: int  # 0 before the first step
-    mask: MaskState | None

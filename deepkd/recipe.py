@@ -2,7 +2,7 @@
 
 >>> r = Recipe().replace(loss="kd", momentum={"name": "dot", "delta": 0.1})
 >>> r.momentum, r.plan().groups
-(DOT(delta=0.1), (('task',), ('tckd', 'nckd')))
+(DOT(delta=0.1, preserve_step=False), (('task',), ('tckd', 'nckd')))
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import attrs
 from deepkd import config as cfg
 from deepkd.losses import DKD
 from deepkd.masks import DynamicMask
-from deepkd.momentum import GSNR, Plan
+from deepkd.momentum import GSNR
 from deepkd.registry import LOSSES, MASKS, MOMENTA, Registry, name_of
-from deepkd.types import LossStrategy, MaskStrategy, MomentumStrategy
+from deepkd.types import LossStrategy, MaskStrategy, MomentumStrategy, Plan
 
 __all__ = ["Recipe", "same_method"]
 

@@ -169,7 +169,7 @@ def test_the_default_input_check_reads_only_the_labels() -> None:
     with counting_reads() as reads:
         _steps(opt, model, batches[1:], False)
     # on the CPU the label range is read every step (on CUDA the first step only): min and max, nothing else
-    assert len(reads) == 4 and all(r.startswith("__int__ at losses.py") for r in reads)
+    assert len(reads) == 4 and all(r.startswith("__int__ at inputs.py") for r in reads)
 
 
 def test_a_trainer_epoch_reads_only_every_log_every_steps() -> None:
