@@ -300,8 +300,12 @@ def test_imagenet_transforms() -> None:
 
 
 def test_cifar100_and_imagenet_missing_data(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="cifar-100-python"):
+    with pytest.raises(DataError, match="cifar-100-python") as info:
         D.cifar100(tmp_path)
+    message = str(info.value)
+    assert f"CIFAR-100 not found: {str(tmp_path / 'cifar-100-python')!r} does not exist (data.root = " in message
+    assert "relative paths start in the working directory" in message and "deepkd never downloads" in message
+    assert "download=True" not in message and "cifar-100-python.tar.gz" in message
     with pytest.raises(DataError, match=r"CIFAR-10 not found.*cifar-10-batches-py"):
         D.get_dataset("cifar10", root=str(tmp_path))
     with pytest.raises(DataError, match="train/<wnid>"):

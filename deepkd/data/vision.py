@@ -84,11 +84,8 @@ def cifar10(root: str | os.PathLike[str], train: bool = True, augment: bool = Tr
     try:
         return datasets.CIFAR10(str(Path(root).expanduser()), train=train, transform=transform, download=False)
     except (RuntimeError, FileNotFoundError, OSError) as exc:
-        raise DataError(
-            f"CIFAR-10 not found under {str(root)!r} ({exc}). Extract the python version, cifar-10-python.tar.gz "
-            "from https://www.cs.toronto.edu/~kriz/cifar.html, so that root/cifar-10-batches-py/ holds data_batch_1 "
-            "to data_batch_5, test_batch and batches.meta, and pass that root."
-        ) from exc
+        files = "data_batch_1 to data_batch_5, test_batch and batches.meta"
+        raise _cifar_missing("CIFAR-10", root, "cifar-10-batches-py", files, "cifar-10-python.tar.gz") from exc
 
 
 def cifar100(root: str | os.PathLike[str], train: bool = True, augment: bool = True) -> Any:
@@ -103,11 +100,21 @@ def cifar100(root: str | os.PathLike[str], train: bool = True, augment: bool = T
     try:
         return datasets.CIFAR100(str(Path(root).expanduser()), train=train, transform=transform, download=False)
     except (RuntimeError, FileNotFoundError, OSError) as exc:
-        raise DataError(
-            f"CIFAR-100 not found under {str(root)!r} ({exc}). Extract the python version, cifar-100-python.tar.gz "
-            "from https://www.cs.toronto.edu/~kriz/cifar.html, so that root/cifar-100-python/ holds train, test "
-            "and meta, and pass that root."
-        ) from exc
+        files = "train, test and meta"
+        raise _cifar_missing("CIFAR-100", root, "cifar-100-python", files, "cifar-100-python.tar.gz") from exc
+
+
+def _cifar_missing(name: str, root: str | os.PathLike[str], folder: str, files: str, archive: str) -> DataError:
+    """The error of a CIFAR set that is not where the config says: what, where (the path as written and where it
+    leads), and what to do; never torchvision's "You can use download=True", an option deepkd does not have."""
+    where = Path(root).expanduser().resolve() / folder
+    state = "is incomplete or corrupted" if where.is_dir() else "does not exist"
+    return DataError(
+        f"{name} not found: {str(where)!r} {state} (data.root = {str(root)!r}; relative paths start in the working "
+        f"directory). It must hold {files}: download {archive} (the python version) from "
+        f"https://www.cs.toronto.edu/~kriz/cifar.html and extract it in that root (`tar xzf {archive} -C "
+        f"{where.parent}`), or set data.root to the directory that holds {folder}/. deepkd never downloads data."
+    )
 
 
 def imagenet(root: str | os.PathLike[str], train: bool = True, augment: bool = True) -> Any:
