@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor
 
-from deepkd import distributed
+from deepkd import distributed, optim_state
 from deepkd.checkpoint import check_recipe, pack_state, unpack_state
 from deepkd.config import unstructure
 from deepkd.decompose import (
@@ -64,17 +64,7 @@ from deepkd.inputs import check_call, validate_logits
 from deepkd.kernels import MomentumState, init
 from deepkd.masks import keep_mask
 from deepkd.momentum import GSNR, tracking_gsnr
-from deepkd.optim_state import (
-    OwnState,
-    Runtime,
-    finite_record,
-    mean_small_values,
-    new_runtime,
-    pack,
-    raise_if_bad,
-    reader,
-    record_step,
-)
+from deepkd.optim_state import OwnState, Runtime
 from deepkd.param_groups import check_hyperparameters, lr_tensors, step_coefficients, step_param_groups
 from deepkd.registry import name_of
 from deepkd.types import Keep, MaskState, StepContext, StepOutput
@@ -248,7 +238,7 @@ class DistillOptimizer(torch.optim.Optimizer):
         self.mask_state = MaskState(*(t.to(device) for t in mask_state))
         params = [[p for p in g["params"]] for g in self.param_groups]
         groups, parts = len(self.plan.groups), len(self.recipe.loss.part_names)
-        self._runtime = new_runtime(params, groups, parts, device, self.steps, flat=FLAT_GRADIENTS)
+        self._runtime = optim_state.new_runtime(params, groups, parts, device, self.steps, flat=FLAT_GRADIENTS)
         return self._runtime
 
     def _mask_state(self) -> MaskState:
@@ -299,7 +289,7 @@ class DistillOptimizer(torch.optim.Optimizer):
         sample = self.rule.sample(self.rule_state, ctx) if self.rule.sample is not None else None
         path = self.sync_path
         if path is not None:  # the global batch's parts and counts; a NaN on one rank makes every rank skip
-            stacked, hits, samples, sample = mean_small_values(stacked, hits, len(target), sample)
+            stacked, hits, samples, sample = optim_state.mean_small_values(stacked, hits, len(target), sample)
             ok = torch.isfinite(stacked).all()
             applied = ok & rt.clean if halts else ok
         if path == "grads":  # one collective of k·|θ|
@@ -314,10 +304,10 @@ class DistillOptimizer(torch.optim.Optimizer):
         if getattr(mask_cfg, "observes", True):  # the global batch's counts; a skipped step observes no samples
             self.mask_state = mask_state = mask_cfg.observe(mask_state, hits * applied, samples * applied,
                                                            self.num_classes)  # fmt: skip
-        record_step(rt, stacked, ok, skip)
+        optim_state.record_step(rt, stacked, ok, skip)
         self._hits = hits
         offsets = self.offsets if isinstance(self.offsets, Tensor) else None
-        return pack(stacked, offsets, self.gsnr(), mask_state, skip)
+        return optim_state.pack(stacked, offsets, self.gsnr(), mask_state, skip)
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:  # type: ignore[override]
@@ -354,13 +344,13 @@ class DistillOptimizer(torch.optim.Optimizer):
         key = (dynamic, self.param_groups[0]["momentum"], None if dynamic else tuple(self.offsets))
         if self._readers[0] != key:
             mu, check = self.param_groups[0]["momentum"], self.nonfinite == "raise"
-            self._readers = (key, reader(
+            self._readers = (key, optim_state.reader(
                 list(self.recipe.loss.part_names),
                 ["+".join(g) for g in self.plan.groups],
                 static_momenta=None if dynamic else self.part_momenta(),
                 momenta_of=lambda offsets: self._momenta([mu + o for o in offsets]),
                 reports_gsnr=self.rule.report_gsnr is not None,
-                record=(lambda: finite_record(self._runtime)) if check else None,
+                record=(lambda: optim_state.finite_record(self._runtime)) if check else None,
                 check=self._raise_if_bad,
             ))  # fmt: skip
         return self._readers[1]
@@ -400,12 +390,12 @@ class DistillOptimizer(torch.optim.Optimizer):
         """Raise :class:`NonFiniteLossError` when ``nonfinite="raise"`` and a step's loss was not finite, naming the
         first such step, its epoch and its parts (reads the device: one synchronisation). Under ``"skip"`` it
         does nothing."""
-        record = finite_record(self._runtime) if self.nonfinite == "raise" else None
+        record = optim_state.finite_record(self._runtime) if self.nonfinite == "raise" else None
         if record is not None:
             self._raise_if_bad(record.tolist())
 
     def _raise_if_bad(self, record: Sequence[float]) -> None:
-        raise_if_bad(record, self._epochs, self.recipe.loss.part_names)
+        optim_state.raise_if_bad(record, self._epochs, self.recipe.loss.part_names)
 
     # ------------------------------------------------------------------ state
     def _own_state(self) -> OwnState:
