@@ -38,12 +38,13 @@ _LAZY = {
     "run": "deepkd.experiment",
     "load_experiment": "deepkd.experiment",
     "seed_everything": "deepkd.utils",
-    "is_main_process": "deepkd.utils",
+    "is_main_process": "deepkd.distributed",
     "SCHEDULES": "deepkd.schedules",
     "register_schedule": "deepkd.schedules",
     "schedules": None,
     "models": None,
     "data": None,
+    "presets": None,
 }
 
 
@@ -75,6 +76,7 @@ __all__ = [
     "is_main_process",
     "load_experiment",
     "models",
+    "presets",
     "register_schedule",
     "run",
     "schedules",

@@ -13,7 +13,9 @@ the user's callbacks, and last, with a run directory, the :class:`Checkpointer`,
 after every other callback has seen (and possibly annotated) its record.
 
 Subclass :class:`Callback` and override what you need, or pass functions to :class:`LambdaCallback`. Setting
-``trainer.should_stop = True`` ends training after the current epoch (its checkpoint is written). What a callback
+``trainer.should_stop = True`` ends training after the current epoch (its checkpoint is written). The
+:class:`Checkpointer` writes every checkpoint, at epoch ends, every ``train.checkpoint_every_steps`` steps and when a
+stop signal ends the run inside an epoch. What a callback
 may read from the trainer is :class:`TrainerView`; callbacks depend on that protocol, never on the trainer module.
 
 >>> seen = []
@@ -120,17 +122,36 @@ class LambdaCallback(Callback):
 
 
 class Checkpointer(Callback):
-    """Writes each epoch's checkpoints to ``run_dir`` (:meth:`~deepkd.checkpoint.RunDir.save`).
+    """Writes every checkpoint of a run to ``run_dir`` (:class:`~deepkd.checkpoint.RunDir`): the one writer.
 
-    The trainer runs it after every other callback. ``best.pt`` is written when this epoch holds the history's best
-    test top-1 (strictly better than every earlier epoch; never without an evaluation). Every rank of a distributed
-    run builds the state (``trainer.state_dict()`` may take a collective: the optimizer averages its buffers over
-    ranks), and the main process writes it. A callback of your own that calls ``trainer.state_dict()`` must do so on
-    every rank too.
+    - after each epoch, ``latest.pt`` and ``student.pt``, and ``best.pt`` when this epoch holds the history's best
+      test top-1 (strictly better than every earlier epoch; never without an evaluation);
+    - every ``every_steps`` steps inside an epoch (``train.checkpoint_every_steps``), ``latest.pt`` alone, so a crash
+      loses at most that many steps;
+    - when the trainer stops on a signal inside an epoch, ``latest.pt`` (:meth:`save_latest`, which the trainer
+      calls).
+
+    The trainer runs it after every other callback it was built with, so an epoch's checkpoint holds what they did.
+    Every rank of a distributed run builds the state (``trainer.state_dict()`` may take a collective: the optimizer
+    averages its buffers over ranks), and the main process writes it. A callback of your own that calls
+    ``trainer.state_dict()`` must do so on every rank too.
     """
 
-    def __init__(self, run_dir: RunDir) -> None:
-        self.run_dir = run_dir
+    def __init__(self, run_dir: RunDir, every_steps: int = 0) -> None:
+        self.run_dir, self.every_steps = run_dir, every_steps
+        self._saved_step = -1  # the global step of the last mid-epoch latest.pt
+
+    def on_step_end(self, trainer: TrainerView, out: StepOutput) -> None:
+        step, every = trainer.global_step, self.every_steps
+        inside = step - (trainer.epoch - 1) * trainer.steps_per_epoch < trainer.steps_per_epoch
+        if every and step % every == 0 and inside:
+            self.save_latest(trainer)
+
+    def save_latest(self, trainer: TrainerView) -> None:
+        """Write a mid-epoch ``latest.pt`` now (once per step; on every rank, as above)."""
+        if self._saved_step != trainer.global_step:
+            self.run_dir.save_latest(trainer.state_dict())
+            self._saved_step = trainer.global_step
 
     def on_epoch_end(self, trainer: TrainerView, metrics: dict[str, Any]) -> None:
         state = trainer.state_dict()  # on every rank

@@ -12,21 +12,21 @@ A run directory holds, rewritten after every epoch:
 and, written once when the run starts, ``config.toml`` (the run's config, :data:`CONFIG_FILE`).
 
 Each file is written to a temporary file in the same directory, flushed to disk, then renamed over the old one, so a
-crash leaves either the old or the new file, never a torn one. Every file loads with
+crash leaves either the old or the new file, never a torn one. A write that fails (no space, no permission, a
+read-only file system) raises :class:`~deepkd.errors.CheckpointError` naming the file, the bytes needed and free,
+and that the previous file is intact; no temporary file is left. Every file loads with
 ``torch.load(weights_only=True)``. Reading a corrupt, truncated or foreign file raises
 :class:`~deepkd.errors.CheckpointError` and never changes anything on disk.
 
-:class:`RunDir` is that directory as the trainer sees it: :meth:`RunDir.open` refuses to overwrite a run by accident
-and loads ``latest.pt`` when resuming (before anything is written), :meth:`RunDir.save` writes one epoch's files.
+:class:`~deepkd.run_dir.RunDir` is that directory as the trainer sees it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
 import re
-import shutil
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,14 +36,16 @@ from torch import nn
 
 from deepkd import config as cfg
 from deepkd._version import __version__
+from deepkd.atomic import copy_atomic, save_atomic, save_text_atomic, write_failure
+from deepkd.distributed import is_main_process
 from deepkd.errors import CheckpointError, ConfigError
 from deepkd.recipe import same_method
-from deepkd.utils import is_main_process
 
 __all__ = [
     "BEST",
     "CONFIG_FILE",
     "FORMAT",
+    "HARMLESS_CHANGES",
     "LATEST",
     "STUDENT",
     "WEIGHTS_KEYS",
@@ -51,12 +53,15 @@ __all__ = [
     "RunDir",
     "check_resumable",
     "check_state_dict",
+    "config_changes",
     "copy_atomic",
     "load_checkpoint",
     "pack_state",
     "read_state_dict",
     "save_atomic",
+    "save_text_atomic",
     "unpack_state",
+    "write_failure",
 ]
 
 T = TypeVar("T")
@@ -78,51 +83,6 @@ REQUIRED_KEYS = (
     "recipe",
     "config",
 )
-
-
-def _temporary(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):  # not every platform can open a directory
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def save_atomic(obj: Any, path: str | os.PathLike[str]) -> None:
-    """``torch.save(obj)`` to ``path`` atomically: temporary file in the same directory, fsync, rename."""
-    path = Path(path)
-    tmp = _temporary(path)
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-
-
-def copy_atomic(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
-    """Make ``dst`` a copy of ``src`` atomically (a hard link where the file system allows, else a byte copy)."""
-    src, dst = Path(src), Path(dst)
-    tmp = _temporary(dst)
-    try:
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(dst.parent)
 
 
 _UNSAFE = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
@@ -305,8 +265,40 @@ def check_resumable(state: Mapping[str, Any], student: nn.Module, steps_per_epoc
     return epoch, step
 
 
+#: settings that never change what a resumed run computes: a resume may change them without being told to
+HARMLESS_CHANGES = (
+    "run_dir",
+    "train.progress",
+    "train.log_every",
+    "train.tensorboard",
+    "train.checkpoint_every_steps",
+    "train.dist_timeout",
+    "train.threads",
+)
+
+
+def config_changes(saved: Any, current: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """Every setting that differs between two configs as plain data: ``(dotted key, saved, current)``.
+
+    >>> config_changes({"train": {"epochs": 3, "lr": 0.1}}, {"train": {"epochs": 2, "lr": 0.1}})
+    [('train.epochs', 3, 2)]
+    """
+    if isinstance(saved, Mapping) and isinstance(current, Mapping):
+        out = []
+        for key in [*saved, *(k for k in current if k not in saved)]:
+            name = f"{prefix}.{key}" if prefix else str(key)
+            out += config_changes(saved.get(key), current.get(key), name)
+        return out
+    return [] if saved == current else [(prefix or "$", saved, current)]
+
+
+def _describe_changes(changes: list[tuple[str, Any, Any]]) -> str:
+    return "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changes)
+
+
 class RunDir:
-    """A run directory: where ``latest.pt``, ``best.pt``, ``student.pt`` and ``config.toml`` live.
+    """A run directory: where ``latest.pt``, ``best.pt``, ``student.pt`` and ``config.toml`` live. Every file is
+    written atomically, and a failed write says why (:mod:`deepkd.atomic`).
 
     >>> RunDir("runs/a").path.name
     'a'
@@ -316,30 +308,57 @@ class RunDir:
         self.path = Path(path)
 
     def open(
-        self, *, resume: bool, overwrite: bool, run_config: object, load: Callable[[dict[str, Any]], None]
+        self,
+        *,
+        resume: bool,
+        overwrite: bool,
+        run_config: object,
+        load: Callable[[dict[str, Any]], None],
+        allow_changes: bool = False,
     ) -> None:
         """Start or continue the run: with ``resume``, pass ``latest.pt`` (when it exists) to ``load`` (on every rank
         of a distributed run: each reads the file); without it, refuse a directory that holds a run unless
-        ``overwrite``. Then (main process only) create the directory and
-        write ``config.toml``, so a refused or failed ``load`` leaves every file as it was.
+        ``overwrite``. Then (main process only) create the directory and write ``config.toml``, so a refused or
+        failed resume leaves every file as it was.
+
+        A resume whose ``run_config`` differs from the checkpoint's is refused with the differences listed, unless
+        ``allow_changes`` (then they are printed on stderr); changes of :data:`HARMLESS_CHANGES` are printed only.
 
         Raises:
-            ConfigError: the directory holds a run and neither ``resume`` nor ``overwrite`` is set.
+            ConfigError: the directory holds a run and neither ``resume`` nor ``overwrite`` is set; a resume would
+                change the run's settings and ``allow_changes`` is not set.
             CheckpointError: ``latest.pt`` is unreadable (or ``load`` refuses it).
         """
         latest = self.path / LATEST
         if latest.exists():
             if resume:
-                load(load_checkpoint(latest))
+                state = load_checkpoint(latest)
+                load(state)  # checks the recipe and the model first: another one is a CheckpointError
+                self._check_changes(state["config"], cfg.unstructure(run_config), allow_changes)
             elif not overwrite:
                 raise ConfigError(
                     f"{str(self.path)!r} already holds a run ({LATEST}); resume it (resume=True, "
                     "`deepkd train --resume`), start over (overwrite=True, `--overwrite`), or choose another run_dir"
                 )
         if is_main_process():
-            self.path.mkdir(parents=True, exist_ok=True)
-            cfg.dump(run_config, self.path / CONFIG_FILE)
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise write_failure(self.path / CONFIG_FILE, exc, None) from None
+            save_text_atomic(cfg.dumps(run_config, CONFIG_FILE.rpartition(".")[2]), self.path / CONFIG_FILE)
 
+    def _check_changes(self, saved: Any, current: Any, allow: bool) -> None:
+        changes = config_changes(saved, current)
+        harmless = [c for c in changes if c[0] in HARMLESS_CHANGES]
+        real = [c for c in changes if c[0] not in HARMLESS_CHANGES]
+        if real and not allow:
+            raise ConfigError(
+                f"the run in {str(self.path)!r} was started with other settings; resuming would change "
+                f"{_describe_changes(real)}. Resume with the run's own settings (its {CONFIG_FILE}), start over "
+                "(--overwrite), or accept the changes (--resume --allow-changes; fit(..., allow_changes=True))"
+            )
+        if changes and is_main_process():
+            print(f"deepkd: resuming with changed settings: {_describe_changes(real + harmless)}", file=sys.stderr)
     def save(self, state: Mapping[str, Any], best: bool) -> None:
         """Write one epoch's checkpoints, on the main process only (elsewhere it does nothing: on a distributed run
         every rank builds ``state``, which may take a collective, and rank 0 writes it). ``best.pt`` comes first and
@@ -358,6 +377,8 @@ class RunDir:
         """Write a mid-epoch ``latest.pt`` only (main process only, like :meth:`save`)."""
         if is_main_process():
             save_atomic(state, self.path / LATEST)
+
+
 
 
 # --------------------------------------------------------------------------------------------------------------

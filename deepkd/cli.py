@@ -2,7 +2,7 @@
 
 ::
 
-    deepkd train CONFIG.toml [key=value ...] [--resume | --overwrite]
+    deepkd train CONFIG.toml [key=value ...] [--resume [--allow-changes] | --overwrite]
     deepkd eval [CHECKPOINT] [--config CONFIG.toml] [--model student|teacher] [--device DEVICE] [--batch-size N]
 
 ``deepkd eval`` prints the test top-1, top-5 and loss of a ``latest.pt``/``best.pt`` (which carry their config) or,
@@ -15,9 +15,14 @@ are read as TOML literals (``3``, ``0.05``, ``true``, ``[1, 2]``, ``{name = "kd"
 Unknown keys are rejected with the valid ones listed. Configuration, data and checkpoint problems end the command
 with exit status 2 and one line on stderr, without a traceback. ``python -m deepkd`` is the same command.
 
+``deepkd train`` never loses work: Ctrl-C, SIGTERM and SIGUSR1 save ``latest.pt`` at the next step and stop (exit
+status 130 after Ctrl-C, 0 after the others; continue with ``--resume``); a second Ctrl-C stops at once. A resume
+whose config or overrides differ from the run's is refused with the differences listed, unless
+``--allow-changes``. It never goes silent: the start-up steps are announced, and off a terminal a line reports the
+training every few seconds (``train.progress = false`` silences both).
+
 ``torchrun --nproc_per_node=N -m deepkd train CONFIG.toml`` trains on N processes (``docs/distributed.md``): only
-rank 0 prints; a rank that fails prints one line naming itself (rank, host, pid) before its traceback. A run
-stopped by SIGTERM or SIGUSR1 saves ``latest.pt`` and exits with status 0 (continue it with ``--resume``).
+rank 0 prints; a rank that fails prints one line naming itself (rank, host, pid) before its traceback.
 """
 
 from __future__ import annotations
@@ -31,17 +36,22 @@ from deepkd.launch import failure_message, launched_rank, launched_world_size
 
 __all__ = ["main"]
 
+#: the exit status of a command stopped by Ctrl-C, as a shell reports one (128 + SIGINT)
+INTERRUPTED = 130
+
 
 def _train(args: argparse.Namespace) -> int:
     from deepkd.experiment import load_experiment, run
 
     config = load_experiment(args.config, args.overrides)
-    history = run(config, resume=args.resume, overwrite=args.overwrite)
+    history = run(
+        config, resume=args.resume, overwrite=args.overwrite, allow_changes=args.allow_changes, source=args.config
+    )
     if launched_rank() != 0:
-        return 0
+        return INTERRUPTED if history.stopped_by == "SIGINT" else 0
     if history.interrupted:
         print(f"interrupted; continue with: deepkd train {args.config} --resume (run directory: {config.run_dir})")
-        return 0
+        return INTERRUPTED if history.stopped_by == "SIGINT" else 0  # Ctrl-C: a script must not go on
     best, final = history.best_top1, history.final_top1
     if best is not None and final is not None:
         print(f"best test top-1 {100 * best:.2f}% (epoch {history.best_epoch}), final {100 * final:.2f}%")
@@ -74,6 +84,11 @@ def _parser() -> argparse.ArgumentParser:
     mode = train.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue run_dir/latest.pt if it exists")
     mode.add_argument("--overwrite", action="store_true", help="start over even if run_dir holds a run")
+    train.add_argument(
+        "--allow-changes",
+        action="store_true",
+        help="with --resume: continue even where the config or overrides differ from the run's (they are listed)",
+    )
     train.set_defaults(func=_train)
 
     ev = commands.add_parser("eval", help="evaluate a checkpoint (student or teacher) on its test set (top-1/top-5)")
@@ -114,8 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"deepkd: error: {where}{message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("deepkd: interrupted", file=sys.stderr)
-        return 130
+        print("deepkd: interrupted (no checkpoint was written by this Ctrl-C)", file=sys.stderr)
+        return INTERRUPTED
     except Exception as exc:
         if launched_world_size() > 1:  # say which rank failed, then the traceback
             print(failure_message(exc), file=sys.stderr, flush=True)

@@ -1,19 +1,43 @@
-"""Collectives for runs under ``torchrun``: when to synchronise, and the means and sums every rank must share.
+"""Ranks and collectives, in one place: which process this is, and everything the ranks of a ``torchrun`` run
+exchange.
 
-Each function is the identity in a single process, so callers need no ``if distributed`` of their own. Tensors are
-reduced on the device the process group's backend works on (the current CUDA device for NCCL, the CPU otherwise)
-and returned on the device they came from.
+Each function is the identity (or the obvious answer) in a single process, so callers need no ``if distributed`` of
+their own. Tensors are reduced on the device the process group's backend works on (the current CUDA device for
+NCCL, the CPU otherwise) and returned on the device they came from. Starting and ending the process group is
+:mod:`deepkd.launch`'s; no strategy module (losses, momentum, masks) imports this one: the optimizer reduces what
+a strategy needs and hands it the result.
+
+Where the collectives run: the optimizer's step (:class:`~deepkd.optim.DistillOptimizer`'s docstring lists them per
+step), its ``state_dict`` (:func:`all_reduce_mean_` of the buffers), the trainer's stop-signal agreement
+(:func:`any_rank`), checkpoints (:func:`gather_objects` of each rank's generators), the initial weights
+(:func:`broadcast_module_`), the metrics and the teacher-logit cache (:func:`sum_over_ranks`).
+
+>>> rank(), is_main_process(), world_size(), any_rank(True), gather_objects({"a": 1})
+(0, True, 1, True, [{'a': 1}])
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["all_reduce_mean_", "flat_like", "is_distributed", "mean_over_ranks", "sum_over_ranks", "world_size"]
+__all__ = [
+    "all_reduce_mean_",
+    "any_rank",
+    "broadcast_module_",
+    "flat_like",
+    "gather_objects",
+    "is_distributed",
+    "is_main_process",
+    "mean_over_ranks",
+    "rank",
+    "sum_over_ranks",
+    "world_size",
+]
 
 
 def is_distributed() -> bool:
@@ -26,10 +50,21 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def _backend_device(like: Tensor) -> torch.device:
+def rank() -> int:
+    """This process's rank under ``torch.distributed`` (0 when it is not initialised)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_main_process() -> bool:
+    """Whether this process logs and writes checkpoints: rank 0, or the only process."""
+    return rank() == 0
+
+
+def _backend_device(like: Tensor | None = None) -> torch.device:
+    """Where the backend reduces: the current CUDA device for NCCL, else ``like``'s CPU device (or the CPU)."""
     if dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
-    return like.device if like.device.type == "cpu" else torch.device("cpu")
+    return like.device if like is not None and like.device.type == "cpu" else torch.device("cpu")
 
 
 def sum_over_ranks(tensor: Tensor) -> Tensor:
@@ -79,3 +114,32 @@ def flat_like(tensors: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         return out, out
     flat = torch.empty(sum(t.numel() for t in tensors), dtype=first.dtype, device=first.device)
     return [c.view_as(t) for c, t in zip(flat.split([t.numel() for t in tensors]), tensors)], [flat]
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` is true on any rank (one tiny all-reduce; ``flag`` itself in a single process)."""
+    if not is_distributed():
+        return flag
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=_backend_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def broadcast_module_(module: nn.Module) -> None:
+    """Give every rank rank 0's parameters and buffers (in place; nothing in a single process), so that ranks
+    whose models were initialised differently start from the same weights."""
+    if not is_distributed():
+        return
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(tensor.data, src=0)
+
+
+def gather_objects(own: Any) -> list[Any]:
+    """Every rank's ``own`` (picklable: e.g. random-number-generator states, partial metric sums), in rank order;
+    ``[own]`` in a single process."""
+    if not is_distributed():
+        return [own]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, own)
+    return out

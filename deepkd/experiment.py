@@ -33,8 +33,10 @@ weights by name (``pretrained = "IMAGENET1K_V1"``), read from torchvision's down
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
+import time
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -49,17 +51,19 @@ from deepkd import config as cfg
 from deepkd.callbacks import Callback
 from deepkd.checkpoint import check_state_dict, load_checkpoint, read_state_dict
 from deepkd.data import IndexedDataset, Loader, device_loaders, get_dataset, make_loaders
-from deepkd.distributed import world_size
+from deepkd.distributed import rank, world_size
 from deepkd.errors import CheckpointError, ConfigError
 from deepkd.launch import process_group
 from deepkd.metrics import History, evaluate
-from deepkd.models import build_model
+from deepkd.models import build_model, count_parameters
 from deepkd.models.legacy import upgrade_state_dict
 from deepkd.models.torchvision_models import check_pretrained, pretrained_state_dict
+from deepkd.progress import note
 from deepkd.recipe import Recipe
+from deepkd.startup import with_threads
 from deepkd.train_config import TrainConfig
 from deepkd.trainer import Trainer
-from deepkd.utils import get_rank, resolve_device, seed_everything
+from deepkd.utils import resolve_device, seed_everything
 from deepkd.validators import integer
 
 __all__ = [
@@ -68,6 +72,7 @@ __all__ = [
     "ModelConfig",
     "apply_overrides",
     "build_student",
+    "check_files",
     "evaluate_checkpoint",
     "load_experiment",
     "load_weights",
@@ -144,6 +149,9 @@ class ExperimentConfig:
     run_dir: str = attrs.field(default="runs/deepkd", validator=v.instance_of(str))
     seed: int = attrs.field(default=0, validator=integer(ge=0, lt=2**63))
     deterministic: bool = attrs.field(default=False, validator=v.instance_of(bool))
+
+    def __attrs_post_init__(self) -> None:  # settings of several tables, checked together when the file is loaded
+        self.train.check_recipe(self.recipe)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -258,43 +266,43 @@ def run(
     *,
     resume: bool = False,
     overwrite: bool = False,
+    allow_changes: bool = False,
     callbacks: Sequence[Callback] = (),
+    source: str | os.PathLike[str] | None = None,
 ) -> History:
     """Build data, models and the :class:`~deepkd.trainer.Trainer` of ``config`` and train; returns the history.
 
-    ``resume=True`` continues ``config.run_dir/latest.pt`` when it exists, else starts fresh; an existing run is
-    otherwise refused unless ``overwrite=True``.
+    ``resume=True`` continues ``config.run_dir/latest.pt`` when it exists, else starts fresh; settings that differ
+    from the run's are refused unless ``allow_changes=True``; an existing run is otherwise refused unless
+    ``overwrite=True``. ``source`` is the config file, for the hint of an error (the teacher config to run first).
+
+    Before the data is read, the weights files the config names are checked (:func:`check_files`). Each step of the
+    start-up is announced on stderr (``train.progress = false`` silences it), and torch's CPU threads are set as
+    ``train.threads`` says or chosen for the machine (:func:`deepkd.utils.choose_threads`); a resumed run keeps the
+    count it started with (its ``config.toml``), so that it continues bit for bit.
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) it starts the process group (:func:`deepkd.launch.process_group`), gives
     each rank its shard of the training set (``data.batch_size`` per rank) and of the test set, trains, and destroys
     the group; every rank returns the same history. ``history.interrupted`` tells a run stopped by a signal.
     With ``data.on_device`` the loaders hold the data on ``train.device`` (:func:`deepkd.data.device_loaders`).
     """
+    check_files(config, source)
+    shown = config.train.progress
     with process_group(config.train.dist_timeout, config.train.device):
+        train = with_threads(config.train, config.run_dir, resume=resume and not overwrite)
+        config = attrs.evolve(config, train=train)
         seed_everything(config.seed, config.deterministic)  # the same seed on every rank: the same initial student
+        started = time.monotonic()
+        note(f"reading the {config.data.name} data set", shown)
         train_set, test_set, info = _datasets(config.data)
+        note(f"{config.data.name}: {len(train_set):,} training and {len(test_set):,} test samples, "
+             f"{info.num_classes} classes ({time.monotonic() - started:.1f}s)", shown)  # fmt: skip
         if config.train.cache_teacher:
             train_set = IndexedDataset(train_set)
-        train_loader: Loader
-        test_loader: Loader
-        shared: dict[str, Any] = {
-            "seed": config.seed,
-            "drop_last": config.data.drop_last,
-            "test_batch_size": config.data.test_batch_size,
-            "rank": get_rank(),
-            "world_size": world_size(),
-        }
-        if config.data.on_device:  # num_workers does not apply
-            device = config.train.resolved_device()
-            train_loader, test_loader = device_loaders(
-                train_set, test_set, config.data.batch_size, device=device, **shared
-            )
-        else:
-            train_loader, test_loader = make_loaders(
-                train_set, test_set, config.data.batch_size, num_workers=config.data.num_workers, **shared
-            )
+        train_loader, test_loader = _loaders(config, train_set, test_set)
         student = build_student(config.student, info.num_classes)
         teacher = _build_teacher(config.teacher, info.num_classes) if config.recipe.loss.needs_teacher else None
+        note(models_line(config, student, teacher), shown)
         trainer = Trainer(
             student,
             teacher,
@@ -305,7 +313,69 @@ def run(
             callbacks=callbacks,
             run_config=config,
         )
-        return trainer.fit(train_loader, test_loader, resume=resume, overwrite=overwrite)
+        return trainer.fit(
+            train_loader, test_loader, resume=resume, overwrite=overwrite, allow_changes=allow_changes
+        )
+
+
+def _loaders(config: ExperimentConfig, train_set: Any, test_set: Any) -> tuple[Loader, Loader]:
+    shared: dict[str, Any] = {
+        "seed": config.seed,
+        "drop_last": config.data.drop_last,
+        "test_batch_size": config.data.test_batch_size,
+        "rank": rank(),
+        "world_size": world_size(),
+    }
+    if config.data.on_device:  # num_workers does not apply
+        device = config.train.resolved_device()
+        return device_loaders(train_set, test_set, config.data.batch_size, device=device, **shared)
+    return make_loaders(train_set, test_set, config.data.batch_size, num_workers=config.data.num_workers, **shared)
+
+
+def models_line(config: ExperimentConfig, student: nn.Module, teacher: nn.Module | None) -> str:
+    """The start-up line that names the models and where the teacher's weights come from."""
+    line = f"student {config.student.name} ({count_parameters(student):,} parameters)"
+    if teacher is not None and config.teacher is not None:
+        weights = config.teacher.checkpoint or f"torchvision's {config.teacher.pretrained}"
+        line += f", teacher {config.teacher.name} ({count_parameters(teacher):,} parameters) from {weights}"
+    return line
+
+
+def check_files(config: ExperimentConfig, source: str | os.PathLike[str] | None = None) -> None:
+    """Raise :class:`ConfigError` when a weights file the config names does not exist, before any data is read: the
+    message says whose file it is, where relative paths start, and for a teacher, how to train it (the config in
+    ``source``'s folder whose run writes it, when there is one)."""
+    roles = [("student", config.student)]
+    if config.recipe.loss.needs_teacher and config.teacher is not None:
+        roles.append(("teacher", config.teacher))
+    for role, spec in roles:
+        if spec.checkpoint is None or Path(spec.checkpoint).expanduser().is_file():
+            continue
+        message = (
+            f"the {role}'s checkpoint {spec.checkpoint!r} does not exist (relative paths start in the working "
+            f"directory, {os.getcwd()})"
+        )
+        if role == "teacher":
+            maker = _run_that_writes(Path(spec.checkpoint), source)
+            message += (
+                f"; train the teacher first: deepkd train {maker}"
+                if maker is not None
+                else "; train the teacher first (a run whose loss needs no teacher, e.g. loss = \"ce\"; its run_dir "
+                "then holds student.pt), or point checkpoint at its weights"
+            )
+        raise ConfigError(f"{message} @ $.{role}.checkpoint")
+
+
+def _run_that_writes(checkpoint: Path, source: str | os.PathLike[str] | None) -> str | None:
+    """The config file beside ``source`` whose ``run_dir`` is ``checkpoint``'s folder, if any."""
+    if source is None:
+        return None
+    for candidate in sorted(Path(source).parent.glob("*.toml")):
+        with contextlib.suppress(OSError, tomllib.TOMLDecodeError):
+            run_dir = tomllib.loads(candidate.read_text()).get("run_dir")
+            if isinstance(run_dir, str) and Path(run_dir).resolve() == checkpoint.parent.resolve():
+                return str(candidate)
+    return None
 
 
 def evaluate_checkpoint(

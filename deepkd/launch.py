@@ -1,5 +1,5 @@
-"""Running under ``torchrun``: the process group, each rank's device, learning-rate scaling, SyncBatchNorm, and
-per-rank failure reports.
+"""Starting processes under ``torchrun``: the process group, each rank's device, learning-rate scaling,
+SyncBatchNorm, and per-rank failure reports (ranks and collectives themselves are :mod:`deepkd.distributed`'s).
 
 ``torchrun --nproc_per_node=N -m deepkd train CONFIG.toml`` sets ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``,
 ``MASTER_ADDR`` and ``MASTER_PORT`` for every process; :func:`process_group` starts the process group from them
@@ -28,8 +28,6 @@ from deepkd.errors import ConfigError
 from deepkd.utils import resolve_device
 
 __all__ = [
-    "any_rank",
-    "broadcast_module_",
     "failure_message",
     "launched_rank",
     "launched_world_size",
@@ -90,16 +88,6 @@ def lr_factor(scale: str, world: int) -> float:
     return {"none": 1.0, "linear": float(world), "sqrt": float(world) ** 0.5}[scale]
 
 
-def broadcast_module_(module: nn.Module) -> None:
-    """Give every rank rank 0's parameters and buffers (in place; nothing in a single process), so that ranks
-    whose models were initialised differently start from the same weights."""
-    if not is_distributed():
-        return
-    with torch.no_grad():
-        for tensor in [*module.parameters(), *module.buffers()]:
-            dist.broadcast(tensor.data, src=0)
-
-
 def sync_batchnorm(module: nn.Module, enabled: bool) -> nn.Module:
     """``module`` with its BatchNorm layers converted to :class:`torch.nn.SyncBatchNorm` when ``enabled`` on a
     distributed run (the same module otherwise: in one process they are the same thing).
@@ -116,16 +104,6 @@ def sync_batchnorm(module: nn.Module, enabled: bool) -> nn.Module:
             "statistics @ $.train.sync_batchnorm"
         )
     return nn.SyncBatchNorm.convert_sync_batchnorm(module)
-
-
-def any_rank(flag: bool) -> bool:
-    """Whether ``flag`` is true on any rank (one tiny all-reduce; ``flag`` itself in a single process)."""
-    if not is_distributed():
-        return flag
-    on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=on)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
 
 
 def failure_message(exc: BaseException) -> str:

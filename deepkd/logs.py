@@ -1,4 +1,4 @@
-"""Logging callbacks: a JSONL metrics file, a tqdm progress bar, and optional TensorBoard scalars.
+"""Logging callbacks: a JSONL metrics file, the progress of each epoch, and optional TensorBoard scalars.
 
 ``metrics.jsonl`` holds one JSON object per line with ``"kind": "step"`` (every ``log_every`` steps) or
 ``"kind": "epoch"``; both carry ``epoch`` (from 1) and ``step`` (the global step after that step or epoch). Step
@@ -6,7 +6,8 @@ records hold ``lr``, ``loss`` (each part and ``total``), ``momentum`` (each part
 gradient group's estimate, or null), ``k``, ``phase`` and ``skipped``; epoch records add train and test top-1/top-5,
 test loss and wall time (see :class:`~deepkd.trainer.Trainer`). Non-finite numbers are written as ``null``. When a run
 resumes, records past the checkpoint's global step (from the interrupted epoch) are dropped first, so the file reads
-as one uninterrupted run.
+as one uninterrupted run. A line whose write fails (a full disk) is undone, so the file never holds half a record,
+and the run stops with a :class:`~deepkd.errors.CheckpointError` that says why.
 
 :func:`loggers` builds the loggers a :class:`~deepkd.train_config.TrainConfig` asks for; the trainer runs them before
 the user's callbacks. They read the trainer through :class:`~deepkd.callbacks.TrainerView` only.
@@ -14,6 +15,7 @@ the user's callbacks. They read the trainer through :class:`~deepkd.callbacks.Tr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -24,9 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
+from deepkd.atomic import save_text_atomic, write_failure
 from deepkd.callbacks import Callback, TrainerView
+from deepkd.distributed import is_main_process
 from deepkd.errors import ConfigError
-from deepkd.utils import is_main_process
+from deepkd.progress import Progress
 
 if TYPE_CHECKING:
     from deepkd.train_config import TrainConfig
@@ -94,9 +98,7 @@ class JsonlLogger(Callback):
         kept = []
         if trainer.global_step > 0 and self.path.exists():  # resuming: drop what the lost epoch logged
             kept = [r for r in read_metrics(self.path) if r.get("step", math.inf) <= trainer.global_step]
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text("".join(json.dumps(_json_safe(r)) + "\n" for r in kept))
-        os.replace(tmp, self.path)
+        save_text_atomic("".join(json.dumps(_json_safe(r)) + "\n" for r in kept), self.path)
 
     def on_step_end(self, trainer: TrainerView, out: StepOutput) -> None:
         if trainer.global_step % self.log_every == 0:
@@ -106,8 +108,19 @@ class JsonlLogger(Callback):
         self._write(metrics)
 
     def _write(self, record: Mapping[str, Any]) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(_json_safe(record)) + "\n")
+        """Append one line; a write that fails is undone (the file never keeps half a line) and raises
+        :class:`~deepkd.errors.CheckpointError` saying why."""
+        data = (json.dumps(_json_safe(record)) + "\n").encode("utf-8")
+        with open(self.path, "ab", buffering=0) as f:
+            start = f.tell()
+            try:
+                written = 0
+                while written < len(data):  # a short write is followed by one that raises (no space...)
+                    written += f.write(data[written:]) or 0
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    f.truncate(start)
+                raise write_failure(self.path, exc, len(data)) from None
 
 
 def _flatten(record: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, float]]:
@@ -154,39 +167,35 @@ def _pct(value: float | None) -> str:
 
 
 class ProgressBar(Callback):
-    """A tqdm bar per epoch on stderr and a one-line summary after each epoch.
+    """Each epoch's progress on stderr (:class:`~deepkd.progress.Progress`: a tqdm bar on a terminal, a line every
+    :data:`~deepkd.progress.HEARTBEAT` seconds off one) and a one-line summary after each epoch.
 
-    ``enabled=None`` shows the bar only when stderr is a terminal (tqdm's ``disable=None``); the summaries are
-    printed unless ``enabled=False``.
+    The loss, K and learning rate it shows are read every ``log_every`` steps (reading a step's values waits for the
+    device: never more often); between reads it shows the steps taken and their rate, which the host knows.
+    ``enabled=None`` (default) shows a bar on a terminal and lines elsewhere; ``False`` shows nothing.
     """
 
     def __init__(self, enabled: bool | None = None) -> None:
         self.enabled = enabled
-        self.bar: Any = None
+        self.progress: Progress | None = None
 
     def on_epoch_start(self, trainer: TrainerView) -> None:
-        disable = None if self.enabled is None else not self.enabled
-        self.bar = tqdm(
-            total=trainer.steps_per_epoch,
-            desc=f"epoch {trainer.epoch}/{trainer.config.epochs}",
-            unit="step",
-            leave=False,
-            dynamic_ncols=True,
-            disable=disable,
-            file=sys.stderr,
-        )
+        done = max(trainer.global_step - (trainer.epoch - 1) * trainer.steps_per_epoch, 0)  # a resumed epoch
+        desc = f"epoch {trainer.epoch}/{trainer.config.epochs}"
+        self.progress = Progress(trainer.steps_per_epoch, desc, "step", enabled=self.enabled, initial=done)
 
     def on_step_end(self, trainer: TrainerView, out: StepOutput) -> None:
-        if self.bar is None:
+        if self.progress is None:
             return
-        self.bar.update()
-        if not self.bar.disable and trainer.global_step % trainer.config.log_every == 0:  # reading waits for the device
-            self.bar.set_postfix(loss=f"{out.loss:.4f}", k=out.k, lr=f"{trainer.last_lr:.3g}", refresh=False)
+        info: dict[str, Any] = {}
+        if self.progress.shown and trainer.global_step % trainer.config.log_every == 0:  # reading waits for the device
+            info = {"loss": f"{out.loss:.4f}", "k": out.k, "lr": f"{trainer.last_lr:.3g}"}
+        self.progress.update(**info)
 
     def on_epoch_end(self, trainer: TrainerView, metrics: dict[str, Any]) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+        if self.progress is not None:
+            self.progress.close()
+            self.progress = None
         if self.enabled is False:
             return
         best = trainer.history.best_top1
@@ -196,6 +205,11 @@ class ProgressBar(Callback):
             f"lr {metrics['lr']:.3g}  K {metrics['k']} {metrics['phase']}  {metrics['time']:.1f}s",
             file=sys.stderr,
         )
+
+    def on_fit_end(self, trainer: TrainerView) -> None:
+        if self.progress is not None:  # a run stopped inside an epoch
+            self.progress.close()
+            self.progress = None
 
 
 def loggers(config: TrainConfig, run_dir: str | os.PathLike[str] | None) -> list[Callback]:

@@ -253,6 +253,12 @@ def dkd(
     return _reduce(alpha * t + beta * n, reduction)
 
 
+def _needs(teacher: Tensor | None) -> Tensor:
+    if teacher is None:
+        raise InputError("this loss distils from a teacher: pass its logits, not None")
+    return teacher
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Loss strategies: frozen configs whose ``parts`` split the loss into the parts the momentum strategies group.
 
@@ -323,7 +329,7 @@ class KD:
         epoch: int = 1,
         keep: Tensor | Keep | None = None,
     ) -> dict[str, Tensor]:
-        assert teacher is not None
+        teacher = _needs(teacher)
         t, std = self.temperature, self.standardize
         tc = tckd(student, teacher, target, t, standardized=std)
         nc = nckd(student, teacher, target, t, keep=keep, standardized=std)
@@ -345,7 +351,7 @@ class KD:
         ``None`` with ``standardize`` (its Jacobian is left to autograd)."""
         if self.standardize:
             return None
-        assert teacher is not None
+        teacher = _needs(teacher)
         n = len(target)
         loss, d_ce = ce_terms(student, target)
         h = head_terms(student, teacher, target, self.temperature, keep)
@@ -400,7 +406,7 @@ class DKD:
         epoch: int = 1,
         keep: Tensor | Keep | None = None,
     ) -> dict[str, Tensor]:
-        assert teacher is not None
+        teacher = _needs(teacher)
         t, std, w = self.temperature, self.standardize, self.warm(epoch)
         return {
             "task": self.w_ce * ce(student, target, reduction="mean"),
@@ -415,7 +421,7 @@ class DKD:
         ``None`` with ``standardize``."""
         if self.standardize:
             return None
-        assert teacher is not None
+        teacher = _needs(teacher)
         n, w = len(target), self.warm(epoch)
         loss, d_ce = ce_terms(student, target)
         h = head_terms(student, teacher, target, self.temperature, keep)

@@ -25,6 +25,7 @@ from deepkd.distributed import is_distributed, sum_over_ranks
 from deepkd.errors import DataError, InputError
 from deepkd.inputs import validate_logits
 from deepkd.models import extract_logits
+from deepkd.progress import Progress
 from deepkd.train_config import autocast
 
 if TYPE_CHECKING:
@@ -39,11 +40,12 @@ class History:
 
     ``history["test_top1"]`` lists one metric over epochs; ``best_top1``/``best_epoch`` and ``final_top1`` give the
     test top-1 that papers report (best over epochs) and the last one. ``interrupted`` is set when a stop signal
-    ended the run early (its checkpoint was saved; see :mod:`deepkd.preemption`).
+    ended the run early (its checkpoint was saved; see :mod:`deepkd.preemption`), and ``stopped_by`` names it.
     """
 
     epochs: list[dict[str, Any]] = attrs.Factory(list)
     interrupted: bool = attrs.field(default=False, eq=False)
+    stopped_by: str | None = attrs.field(default=None, eq=False)  # the stop signal's name ("SIGINT"...)
 
     def __len__(self) -> int:
         return len(self.epochs)
@@ -97,6 +99,7 @@ def evaluate(
     precision: str = "fp32",
     name: str = "eval_loader",
     over_ranks: bool = False,
+    progress: bool | None = False,
 ) -> dict[str, float]:
     """Test loss (mean cross-entropy), top-1 and top-5 accuracy of ``model`` over ``loader``, in eval mode.
 
@@ -104,8 +107,9 @@ def evaluate(
     shard of the test set each, e.g. :class:`~deepkd.data.ShardSampler`) before dividing, so the metrics are those of
     the whole test set, exactly, whatever the shards' sizes (collective: every rank must call it).
 
-    The model's train/eval mode is restored afterwards. Raises :class:`InputError` for labels outside
-    ``[0, classes)`` and :class:`DataError` for an empty loader.
+    ``progress`` shows the pass (:class:`~deepkd.progress.Progress`; ``None``: a bar on a terminal, a line every few
+    seconds elsewhere). The model's train/eval mode is restored afterwards. Raises :class:`InputError` for labels
+    outside ``[0, classes)`` and :class:`DataError` for an empty loader.
     """
     device = torch.device(device)
     was_training = model.training
@@ -113,6 +117,8 @@ def evaluate(
     loss = torch.zeros((), dtype=torch.float64, device=device)
     hits = torch.zeros(2, dtype=torch.int64, device=device)
     seen = 0
+    total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
+    shown = Progress(total, f"evaluating ({name})", enabled=progress)
     try:
         for batch in loader:
             x, y, _ = unpack(batch, device)
@@ -125,7 +131,9 @@ def evaluate(
             loss += F.cross_entropy(logits, y, reduction="sum").double()
             hits += topk_hits(logits, y)
             seen += len(y)
+            shown.update()
     finally:
+        shown.close()
         model.train(was_training)
     totals = torch.stack([loss, *hits.double(), torch.tensor(float(seen), dtype=torch.float64, device=device)])
     if over_ranks:

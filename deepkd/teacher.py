@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -28,12 +29,12 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from deepkd.data.base import ShardSampler, augments_randomly, unpack
-from deepkd.distributed import is_distributed, sum_over_ranks, world_size
+from deepkd.distributed import is_distributed, rank, sum_over_ranks, world_size
 from deepkd.errors import ConfigError, DataError, InputError
 from deepkd.models import extract_logits
+from deepkd.progress import Progress, note
 from deepkd.registry import name_of
 from deepkd.train_config import autocast
-from deepkd.utils import get_rank
 
 if TYPE_CHECKING:
     from deepkd.types import LossStrategy
@@ -77,7 +78,13 @@ def teacher_forward(teacher: nn.Module, x: Any, device: torch.device, precision:
 
 
 def compute_teacher_logits(
-    teacher: nn.Module, loader: Iterable[Any], num_classes: int, *, device: torch.device, precision: str
+    teacher: nn.Module,
+    loader: Iterable[Any],
+    num_classes: int,
+    *,
+    device: torch.device,
+    precision: str,
+    progress: bool | None = False,
 ) -> Tensor:
     """Every sample's teacher logits ``[len(data set), num_classes]``, in one pass over ``loader``'s data set in
     index order (the loader's batches must carry the index, see :class:`~deepkd.data.IndexedDataset`).
@@ -85,7 +92,8 @@ def compute_teacher_logits(
     On a distributed run each rank runs the teacher on its :class:`~deepkd.data.ShardSampler` share of the data set
     only, and one all-reduce gives every rank the whole cache (the samples a rank draws change with the epoch).
     A loader that holds its data on the device (:class:`~deepkd.data.DeviceLoader`) is read in order there, through
-    its ``in_order(rank, world_size)``."""
+    its ``in_order(rank, world_size)``. ``progress`` shows the pass (:class:`~deepkd.progress.Progress`; ``None``:
+    a bar on a terminal, a line every few seconds elsewhere)."""
     dataset = getattr(loader, "dataset", None)
     if dataset is None:
         raise ConfigError("cache_teacher = true needs a DataLoader (its data set is read in order once)")
@@ -93,22 +101,30 @@ def compute_teacher_logits(
     in_order = getattr(loader, "in_order", None)
     ordered: Iterable[Any]
     if callable(in_order):
-        ordered = in_order(get_rank(), world_size()) if distributed else in_order()
+        ordered = in_order(rank(), world_size()) if distributed else in_order()
     else:
         ordered = DataLoader(
             dataset,
             batch_size=getattr(loader, "batch_size", None) or 256,
-            sampler=ShardSampler(len(dataset), get_rank(), world_size()) if distributed else None,
+            sampler=ShardSampler(len(dataset), rank(), world_size()) if distributed else None,
             shuffle=False,
             num_workers=getattr(loader, "num_workers", 0),
             collate_fn=getattr(loader, "collate_fn", None),
             generator=torch.Generator(),  # keeps the global RNG untouched, so resumed runs stay exact
         )
     cache = torch.full((len(dataset), num_classes), 0.0 if distributed else math.nan, device=device)
+    total = len(ordered) if hasattr(ordered, "__len__") else None  # type: ignore[arg-type]
+    shown = Progress(total, f"teacher logits of {len(dataset):,} training samples", enabled=progress)
+    started = time.monotonic()
+    note(f"computing the teacher's logits of the {len(dataset):,} training samples once (cache_teacher)", progress)
     for batch in ordered:
         x, _, index = unpack(batch, device)
-        assert index is not None  # checked by probe_class_count
+        if index is None:
+            raise ConfigError("cache_teacher = true needs batches (x, y, index): wrap the data set in IndexedDataset")
         cache[index.to(device)] = teacher_forward(teacher, x, device, precision)
+        shown.update()
+    shown.close()
+    note(f"teacher logits cached in {time.monotonic() - started:.1f}s", progress)
     return sum_over_ranks(cache) if distributed else cache  # each row comes from exactly one rank
 
 
@@ -179,6 +195,7 @@ class TeacherSource:
         device, precision: where and how the teacher runs.
         cache_teacher: read logits from a cache filled once by :meth:`prepare` (ignored without a teacher).
         logits: a precomputed cache ``[samples, classes]``; needs ``cache_teacher``.
+        progress: show the caching pass (``train.progress``, see :mod:`deepkd.progress`).
     """
 
     def __init__(
@@ -189,8 +206,9 @@ class TeacherSource:
         *,
         cache_teacher: bool = False,
         logits: Tensor | None = None,
+        progress: bool | None = False,
     ) -> None:
-        self.teacher, self.device, self.precision = teacher, device, precision
+        self.teacher, self.device, self.precision, self.progress = teacher, device, precision, progress
         self.caching = cache_teacher and teacher is not None
         self.cache: Tensor | None = None
         if logits is not None:
@@ -200,17 +218,15 @@ class TeacherSource:
                 raise InputError(f"teacher_logits must be [samples, classes], got {tuple(logits.shape)}")
             self.cache = logits.detach().float().to(device)
 
-    def check_loader(self, loader: Iterable[Any]) -> None:
-        """Refuse to cache the logits of data that augments randomly (they would change with every draw)."""
+    def probe_class_count(self, student: nn.Module, loader: Iterable[Any]) -> int:
+        """The class count of ``student`` and this teacher, from one batch of ``loader`` (see
+        :func:`probe_class_count`); when caching, also checks that ``loader`` can be cached: no random augmentation,
+        batches that carry the sample index."""
         if self.caching and augments_randomly(loader):
             raise ConfigError(
                 "cache_teacher = true needs training data without random augmentation (the teacher's logits would "
                 "change with every draw); turn augmentation off or set cache_teacher = false @ $.train.cache_teacher"
             )
-
-    def probe_class_count(self, student: nn.Module, loader: Iterable[Any]) -> int:
-        """The class count of ``student`` and this teacher, from one batch of ``loader`` (see
-        :func:`probe_class_count`; when caching, the batches must carry the sample index)."""
         return probe_class_count(
             student, self.teacher, loader, device=self.device, precision=self.precision, needs_index=self.caching
         )
@@ -226,14 +242,18 @@ class TeacherSource:
 
     def compute(self, loader: Iterable[Any], num_classes: int) -> Tensor:
         """Every sample's teacher logits (see :func:`compute_teacher_logits`)."""
-        assert self.teacher is not None
-        return compute_teacher_logits(self.teacher, loader, num_classes, device=self.device, precision=self.precision)
+        if self.teacher is None:
+            raise ConfigError("this run's loss needs no teacher, so there are no teacher logits to compute")
+        return compute_teacher_logits(
+            self.teacher, loader, num_classes, device=self.device, precision=self.precision, progress=self.progress
+        )
 
     def __call__(self, x: Any, index: Tensor | None) -> Tensor | None:
         """The teacher logits of a batch ``x`` whose samples have data-set indices ``index``."""
         if self.teacher is None:
             return None
         if self.cache is not None:
-            assert index is not None
+            if index is None:
+                raise InputError("the teacher-logit cache is read by sample index: the batch carries none")
             return self.cache[index.to(self.device)]
         return teacher_forward(self.teacher, x, self.device, self.precision)

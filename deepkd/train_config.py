@@ -10,7 +10,7 @@ TrainConfig`` keeps working.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 import torch
@@ -18,10 +18,15 @@ from attrs import validators as v
 
 from deepkd.errors import ConfigError
 from deepkd.launch import lr_factor, rank_device
+from deepkd.param_groups import momentum_problem
+from deepkd.registry import name_of
 from deepkd.schedules import SCHEDULES, Step
 from deepkd.types import ScheduleStrategy
 from deepkd.utils import resolve_device
 from deepkd.validators import integer, real
+
+if TYPE_CHECKING:
+    from deepkd.recipe import Recipe
 
 __all__ = ["TrainConfig", "autocast"]
 
@@ -63,6 +68,10 @@ class TrainConfig:
             every rank, so a resumed run repeats the uninterrupted one bit for bit).
         sync_batchnorm: on a distributed CUDA run, normalise with statistics over the global batch
             (:class:`torch.nn.SyncBatchNorm`) instead of each rank's own.
+        threads: torch's intra-op CPU threads for ``deepkd train`` (:func:`deepkd.experiment.run`); unset: chosen
+            for the machine (:func:`deepkd.utils.choose_threads`: on a busy CPU fewer than torch's one per core,
+            which can make each step many times slower) and printed. A :class:`~deepkd.trainer.Trainer` of your
+            own leaves torch's setting alone.
     """
 
     epochs: int = attrs.field(default=240, validator=integer(ge=1))
@@ -92,6 +101,18 @@ class TrainConfig:
     )
     sync: Literal["step", "grads"] = attrs.field(default="step", validator=v.in_(("step", "grads")))
     sync_batchnorm: bool = attrs.field(default=False, validator=v.instance_of(bool))
+    threads: int | None = attrs.field(default=None, validator=v.optional(integer(ge=1)))
+
+    def check_recipe(self, recipe: Recipe) -> None:
+        """Raise :class:`ConfigError` (``@ $.train.momentum``) unless ``momentum`` plus every offset the recipe's
+        momentum strategy can use lies in [0, 1): the settings of two tables checked together, when a config is
+        loaded, before any data or model is built."""
+        problem = momentum_problem(self.momentum, recipe.plan().offset_range, name_of(recipe.momentum))
+        if problem is not None:
+            raise ConfigError(
+                f"momentum = {self.momentum} {problem}; every coefficient must lie in [0, 1): lower train.momentum "
+                "or the momentum strategy's offsets (recipe.momentum) @ $.train.momentum"
+            )
 
     def optimizer_kwargs(self, world_size: int = 1) -> dict[str, Any]:
         """The keyword arguments of :class:`~deepkd.optim.DistillOptimizer` that this config sets, the learning

@@ -24,8 +24,10 @@ Semantics worth knowing:
   ``seed * 1000003 + epoch`` before each epoch, so resuming needs no loader state. With a ``run_dir``, each epoch
   ends with ``latest.pt``, ``best.pt`` and ``student.pt`` written atomically (:mod:`deepkd.checkpoint`), and
   ``fit(resume=True)`` continues from ``latest.pt`` reproducing the uninterrupted run bit for bit on CPU (with
-  ``num_workers=0`` or data without random augmentation). A crash mid-epoch loses that epoch only, or at most
-  ``checkpoint_every_steps`` steps; SIGTERM/SIGUSR1 checkpoint at the next step and stop (:mod:`deepkd.preemption`).
+  ``num_workers=0`` or data without random augmentation; :mod:`deepkd.resume`). A crash mid-epoch loses that epoch
+  only, or at most ``checkpoint_every_steps`` steps; SIGTERM, SIGUSR1 and Ctrl-C checkpoint at the next step and
+  stop (:mod:`deepkd.preemption`). Resuming with other settings than the checkpoint's is refused, listing them,
+  unless ``fit(..., allow_changes=True)``.
 - Under ``torchrun`` (``torch.distributed`` initialised) each rank trains on its loader's shard; the optimizer
   synchronises the ranks, metrics are summed over ranks, rank 0 logs and writes (``docs/distributed.md``).
 - ``cache_teacher=True`` computes every training sample's teacher logits once, in a first pass in data-set order,
@@ -35,6 +37,7 @@ Semantics worth knowing:
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -44,29 +47,29 @@ import torch
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from deepkd import resume
 from deepkd.callbacks import Callback, Checkpointer, TrainerView
 from deepkd.capture import CapturedStep
 from deepkd.checkpoint import CONFIG_FILE, RunDir
 from deepkd.data import Loader, count_batches, seed_loader, steps_per_epoch, unpack
-from deepkd.distributed import world_size
-from deepkd.errors import ConfigError
-from deepkd.launch import broadcast_module_, sync_batchnorm
+from deepkd.distributed import broadcast_module_, is_main_process, world_size
+from deepkd.errors import ConfigError, DeepKDError
+from deepkd.launch import sync_batchnorm
 from deepkd.logs import loggers
 from deepkd.metrics import EpochMeter, History, evaluate
 from deepkd.models import extract_logits
 from deepkd.optim import DistillOptimizer
-from deepkd.preemption import Interrupts, resume_epoch
+from deepkd.preemption import Interrupts
 from deepkd.recipe import Recipe
 from deepkd.schedules import lr_scheduler
 from deepkd.teacher import TeacherSource, teacher_for
 from deepkd.train_config import TrainConfig, autocast
-from deepkd.trainer_state import TrainerState
 from deepkd.types import StepOutput
 
 __all__ = ["CONFIG_FILE", "History", "TrainConfig", "Trainer", "evaluate"]
 
 
-class Trainer(TrainerState):
+class Trainer:
     """Trains ``student`` with ``recipe`` (distilling from ``teacher`` when the recipe's loss needs one).
 
     Args:
@@ -89,6 +92,8 @@ class Trainer(TrainerState):
         global_step: optimizer steps taken (skipped non-finite steps included).
         history: the :class:`History` so far. ``should_stop``: set to True to stop after the current epoch.
         student_forward: the module the loop calls: the student, or its ``torch.compile`` wrapper (same weights).
+        checkpointer: the :class:`~deepkd.callbacks.Checkpointer` that writes every checkpoint (``None`` without a
+            run directory).
     """
 
     def __init__(
@@ -112,66 +117,87 @@ class Trainer(TrainerState):
         self.teacher = teacher_for(recipe.loss, teacher, self.device)
         self.student = sync_batchnorm(student, config.sync_batchnorm).to(self.device)
         self.student_forward: nn.Module = torch.compile(self.student) if config.compile else self.student  # type: ignore[assignment]
+        config.check_recipe(recipe)  # train.momentum against the strategy's offsets, named as in a config file
         kwargs = config.optimizer_kwargs(world_size())  # the learning rate scaled as config.scale_lr asks
         self.optimizer = DistillOptimizer(self.student.parameters(), recipe, **kwargs)
-        self.scheduler: LambdaLR | None = None
+        self.scheduler: LambdaLR | None = None  # built by fit(), which knows the steps per epoch
         self.run_config = run_config if run_config is not None else {"recipe": recipe, "train": config}
         self.history = History()
         self.epoch = self.global_step = self.steps_per_epoch = self.num_classes = 0
-        self.last_lr, self.should_stop, self._in_epoch = kwargs["lr"], False, False
-        self._interrupts, self._resume = Interrupts(self._run, config.checkpoint_every_steps), None
-        self._captured: CapturedStep | None = None  # built by setup() when config.capture asks for it
-        checkpointer = [Checkpointer(self._run)] if self._run else []  # last: it saves what the callbacks did
-        self.callbacks: list[Callback] = [*loggers(config, self.run_dir), *callbacks, *checkpointer]
+        self.last_lr, self.should_stop = kwargs["lr"], False
         self.teacher_source = TeacherSource(
-            self.teacher, self.device, config.precision, cache_teacher=config.cache_teacher, logits=teacher_logits
-        )
+            self.teacher, self.device, config.precision, cache_teacher=config.cache_teacher, logits=teacher_logits,
+            progress=config.progress,
+        )  # fmt: skip
+        # the epoch in progress: its meter, whether it is under way, when it started, and the loader's generator
+        self._meter = EpochMeter(self.device, recipe.loss.part_names)
+        self._in_epoch, self._started = False, 0.0
+        self._generator: torch.Generator | None = None
+        self._resume: resume.ResumePoint | None = None  # set when fit() resumes from inside an epoch
+        self._interrupts = Interrupts(enabled=self._run is not None)
+        self._captured: CapturedStep | None = None  # built by setup() when config.capture asks for it
+        self.checkpointer = Checkpointer(self._run, config.checkpoint_every_steps) if self._run else None
+        # the checkpointer runs last: it saves what the other callbacks did
+        self.callbacks: list[Callback] = [*loggers(config, self.run_dir), *callbacks]
+        self.callbacks += [self.checkpointer] if self.checkpointer else []
 
     # ------------------------------------------------------------------ the loop
     def fit(
-        self, train_loader: Loader, eval_loader: Loader | None = None, *, resume: bool = False, overwrite: bool = False
+        self,
+        train_loader: Loader,
+        eval_loader: Loader | None = None,
+        *,
+        resume: bool = False,
+        overwrite: bool = False,
+        allow_changes: bool = False,
     ) -> History:
         """Train for ``config.epochs`` epochs, evaluating on ``eval_loader`` after each; returns the history.
 
-        ``resume=True`` continues from ``run_dir/latest.pt`` when it exists (else starts fresh). Without it, a
-        ``run_dir`` that already holds a checkpoint is refused unless ``overwrite=True``.
+        ``resume=True`` continues from ``run_dir/latest.pt`` when it exists (else starts fresh); settings that differ
+        from the checkpoint's are refused, listed, unless ``allow_changes=True`` (then they are printed). Without
+        ``resume``, a ``run_dir`` that already holds a checkpoint is refused unless ``overwrite=True``.
 
         Raises:
             DataError: a loader is empty. InputError: bad labels or logits, or teacher and student disagree on the
-            class count. ConfigError: e.g. ``cache_teacher`` with random augmentation. CheckpointError: ``latest.pt``
-            is corrupt or belongs to another recipe or model (nothing on disk is changed).
+            class count. ConfigError: e.g. ``cache_teacher`` with random augmentation, or changed settings.
+            CheckpointError: ``latest.pt`` is corrupt or belongs to another recipe or model (nothing on disk is
+            changed), or a checkpoint cannot be written (the message says why).
         """
-        self.setup(train_loader, eval_loader, resume=resume, overwrite=overwrite)
+        self.setup(train_loader, eval_loader, resume=resume, overwrite=overwrite, allow_changes=allow_changes)
         self._call("on_fit_start")
         with self._interrupts.installed():
             while self.epoch < self.config.epochs and not self.should_stop:
                 self.epoch += 1
-                for batch in self.start_epoch(train_loader):
-                    self._call("on_step_end", self.training_step(batch))
-                    if self._interrupts.after_step(self):  # a checkpoint every K steps; a stop signal breaks
-                        break
-                else:  # the epoch ran to its end
-                    metrics = self.end_epoch(eval_loader)
-                    self._call("on_epoch_end", metrics)  # loggers, user callbacks, then the checkpointer
-                    continue
-                break  # stopped mid-epoch by a signal, its checkpoint written
+                if not self.train_epoch(self.start_epoch(train_loader)):
+                    break  # a stop signal ended the epoch early; its checkpoint is written
+                self._call("on_epoch_end", self.end_epoch(eval_loader))  # loggers, callbacks, then the checkpointer
+                if not self.history.interrupted and self._interrupts.requested():  # a signal during evaluation
+                    self._stop(inside_epoch=False)
         self._call("on_fit_end")
         return self.history
 
-    def setup(self, train_loader: Loader, eval_loader: Loader | None = None, *, resume: bool, overwrite: bool) -> None:
+    def setup(
+        self,
+        train_loader: Loader,
+        eval_loader: Loader | None = None,
+        *,
+        resume: bool,
+        overwrite: bool,
+        allow_changes: bool = False,
+    ) -> None:
         """Before the first epoch: check the loaders and models (one probe batch), build the scheduler, open the run
         directory (loading ``latest.pt`` when resuming) and fill the teacher-logit cache. On a distributed run every
         rank starts from rank 0's student (broadcast), then from ``latest.pt`` when resuming."""
         self.steps_per_epoch = steps = steps_per_epoch(train_loader)
         if eval_loader is not None:
             count_batches(eval_loader, "eval_loader")
-        self.teacher_source.check_loader(train_loader)
         self.num_classes = self.teacher_source.probe_class_count(self.student, train_loader)
         self.scheduler = lr_scheduler(self.optimizer, self.config.schedule, steps, self.config.epochs)
         self._generator = getattr(train_loader, "generator", None)
         broadcast_module_(self.student)
         if self._run is not None:
-            self._run.open(resume=resume, overwrite=overwrite, run_config=self.run_config, load=self.load_state_dict)
+            self._run.open(resume=resume, overwrite=overwrite, run_config=self.run_config, load=self.load_state_dict,
+                           allow_changes=allow_changes)  # fmt: skip
         elif resume:
             raise ConfigError("resume=True needs a run_dir to find the checkpoint in")
         self.teacher_source.prepare(train_loader, self.num_classes)
@@ -180,7 +206,7 @@ class Trainer(TrainerState):
 
     def start_epoch(self, train_loader: Loader) -> Iterator[Any]:
         """Train mode, this epoch's data order (from ``(seed, epoch)``) and a fresh meter; then ``on_epoch_start``.
-        Returns the epoch's batches: after a mid-epoch checkpoint, those not yet trained (:mod:`deepkd.preemption`)."""
+        Returns the epoch's batches: after a mid-epoch checkpoint, those not yet trained (:func:`resume.skip_done`)."""
         self._started = time.perf_counter()
         self.student.train()
         seed_loader(train_loader, self.seed, self.epoch)
@@ -188,11 +214,25 @@ class Trainer(TrainerState):
         self._call("on_epoch_start")
         batches = iter(train_loader)
         if self._resume is not None:
-            meter = resume_epoch(batches, *self._resume, self._generator)
+            meter = resume.skip_done(batches, self._resume, self._generator)
             if meter is not None:
                 self._meter.load_state_dict(meter)
             self._resume = None
         return batches
+
+    def train_epoch(self, batches: Iterator[Any]) -> bool:
+        """Train on ``batches``; ``False`` when a stop signal ended the epoch before its last step (its checkpoint
+        is written), ``True`` when the epoch ran to its end."""
+        for batch in batches:
+            self._call("on_step_end", self.training_step(batch))
+            if self._interrupts.requested():  # any rank got a stop signal: every rank stops at this step
+                return not self._stop(inside_epoch=self.batches_done < self.steps_per_epoch)
+        return True
+
+    @property
+    def batches_done(self) -> int:
+        """Steps taken in the epoch in progress (or the last one)."""
+        return self.global_step - (self.epoch - 1) * self.steps_per_epoch
 
     def training_step(self, batch: Any) -> StepOutput:
         """One optimizer step: the student's logits, the teacher's, the distillation step, the learning-rate step
@@ -204,8 +244,7 @@ class Trainer(TrainerState):
         else:
             inputs = (x, y) if index is None else (x, y, index.to(self.device, non_blocking=True))
             out, logits = self._captured(*inputs, epoch=self.epoch)
-        assert self.scheduler is not None, "training_step() runs once setup() has built the scheduler"
-        self.scheduler.step()
+        self.lr_scheduler.step()
         self.global_step += 1
         self._meter.update(out, logits, y)
         if self.global_step % self.config.log_every == 0:  # a NaN loss under nonfinite="raise" surfaces here
@@ -232,11 +271,66 @@ class Trainer(TrainerState):
         self.history.epochs.append(metrics)
         return metrics
 
+    def _stop(self, *, inside_epoch: bool) -> bool:
+        """A stop signal reached every rank: stop, with ``latest.pt`` written now when inside an epoch (an epoch's
+        end writes its own); says so on stderr. Returns ``inside_epoch``."""
+        self.history.interrupted = self.should_stop = True
+        self.history.stopped_by = self._interrupts.signal_name or "a signal to another rank"
+        if inside_epoch and self.checkpointer is not None:
+            self.checkpointer.save_latest(self)
+        if is_main_process():
+            print(
+                f"deepkd: stopped by {self.history.stopped_by} after step {self.global_step} (epoch {self.epoch}, "
+                f"batch {self.batches_done}/{self.steps_per_epoch}); checkpoint in {self.run_dir}/latest.pt; "
+                "continue with --resume",
+                file=sys.stderr,
+                flush=True,
+            )
+        return inside_epoch
+
+    # ------------------------------------------------------------------ state
+    @property
+    def lr_scheduler(self) -> LambdaLR:
+        """The learning-rate scheduler, built by :meth:`fit` (which knows the steps per epoch)."""
+        if self.scheduler is None:
+            raise DeepKDError("the trainer has no learning-rate scheduler before fit() (or setup()) builds it")
+        return self.scheduler
+
+    @property
+    def in_epoch(self) -> bool:
+        """Whether an epoch is under way (a checkpoint now is a mid-epoch one)."""
+        return self._in_epoch
+
+    @property
+    def generator(self) -> torch.Generator | None:
+        """The training loader's generator (its state is saved with the run's), or ``None``."""
+        return self._generator
+
+    @property
+    def meter(self) -> EpochMeter:
+        """The metric sums of the epoch in progress."""
+        return self._meter
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue this run (the content of ``latest.pt``, :func:`resume.capture`). Collective
+        on distributed runs: call it on every rank. Raises :class:`DeepKDError` before :meth:`fit`."""
+        return resume.capture(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint made by :meth:`state_dict` (:func:`resume.restore`), checked before anything
+        is changed: raises :class:`~deepkd.errors.CheckpointError` for another recipe, other model shapes, another
+        number of steps per epoch, or junk."""
+        restored = resume.restore(self, state)
+        self.epoch, self.global_step, self.history, self._resume = restored
+        self.last_lr = self.optimizer.param_groups[0]["lr"]
+
+    # ------------------------------------------------------------------ helpers
     def evaluate(self, loader: Loader) -> dict[str, float]:
         """Test loss, top-1 and top-5 of the student on ``loader`` (see :func:`evaluate`), summed over the ranks'
         shards on a distributed run (every rank must call it)."""
         dev, precision = self.device, self.config.precision
-        return evaluate(self.student_forward, loader, device=dev, precision=precision, over_ranks=True)
+        return evaluate(self.student_forward, loader, device=dev, precision=precision, over_ranks=True,
+                        progress=self.config.progress)  # fmt: skip
 
     def compute_teacher_logits(self, loader: Loader) -> Tensor:
         """The teacher's logits for every sample of ``loader``'s data set, in index order (what ``cache_teacher``

@@ -21,8 +21,10 @@ settings.register_profile("thorough", max_examples=500, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 # Tests use tiny tensors: one intra-op thread is as fast, and it keeps timings sane when other processes share the
-# two cores (OpenMP worker threads stall badly when a core is taken).
+# two cores (OpenMP worker threads stall badly when a core is taken). OMP_NUM_THREADS says so to `deepkd train`
+# (run in this process by the CLI tests, which would otherwise choose threads for the machine) and to subprocesses.
 torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @st.composite

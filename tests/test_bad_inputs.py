@@ -128,7 +128,10 @@ CASES = [
         r"momentum=0\.3.*-0\.2",
         id="dot-coefficient-below-0",
     ),
-    pytest.param(lambda tmp: _opt(lr=-0.1), ConfigError, r"lr=-0\.1 is invalid for param group 0: expected a number >= 0$", id="negative-lr"),
+    pytest.param(
+        lambda tmp: _opt(lr=-0.1), ConfigError, r"lr=-0\.1 is invalid for param group 0: expected a number >= 0$",
+        id="negative-lr",
+    ),
     pytest.param(lambda tmp: _opt(lr=float("nan")), ConfigError, r"lr=nan", id="nan-lr"),
     pytest.param(lambda tmp: _opt(weight_decay=-1e-4), ConfigError, r"weight_decay=-0\.0001", id="negative-wd"),
     pytest.param(lambda tmp: _opt(momentum=1.0), ConfigError, r"momentum=1\.0", id="momentum-1"),

@@ -125,7 +125,11 @@ def test_resume_and_overwrite_flags(tmp_path, capsys):
     assert main(["train", str(path)]) == 0
     assert main(["train", str(path)]) == 2
     assert "already holds a run" in error_line(capsys)
-    assert main(["train", str(path), "--resume", "train.epochs=2"]) == 0  # overrides may follow options
+    assert main(["train", str(path), "--resume", "train.epochs=2"]) == 2  # a changed setting is refused, listed
+    refused = error_line(capsys)
+    assert "train.epochs: 1 -> 2" in refused and "--allow-changes" in refused
+    assert main(["train", str(path), "--resume", "train.epochs=2", "--allow-changes"]) == 0  # overrides, then options
+    assert "resuming with changed settings: train.epochs: 1 -> 2" in capsys.readouterr().err
     latest = torch.load(tmp_path / "runs" / "student" / "latest.pt", weights_only=True)
     assert latest["epoch"] == 2 and len(latest["history"]["epochs"]) == 2
     assert main(["train", str(path), "--overwrite"]) == 0
@@ -197,3 +201,96 @@ def test_python_dash_m_deepkd_exits_2_without_traceback(tmp_path):
     assert result.returncode == 2
     missing = str(tmp_path / "missing.pt")
     assert result.stderr.strip().splitlines() == [f"deepkd: error: checkpoint {missing!r} does not exist"]
+
+
+# ------------------------------------------------------------------ errors that say what, where and what to do
+def test_a_missing_teacher_checkpoint_names_the_teacher_its_path_and_the_run_that_writes_it(tmp_path, capsys):
+    teacher_config = write_config(tmp_path, "teacher")
+    missing = (tmp_path / "runs" / "teacher" / "student.pt").as_posix()
+    student = write_config(tmp_path, "student", loss="kd", teacher=missing)
+    text = student.read_text().replace('name = "synthetic"', 'name = "no_such_set"')  # fails only if data is read
+    student.write_text(text)
+    assert main(["train", str(student)]) == 2
+    line = error_line(capsys)
+    assert f"the teacher's checkpoint {missing!r} does not exist" in line
+    assert "relative paths start in the working directory" in line
+    assert f"train the teacher first: deepkd train {teacher_config}" in line and line.endswith("@ $.teacher.checkpoint")
+
+
+def test_a_missing_teacher_checkpoint_without_a_config_to_train_it_says_how_to(tmp_path, capsys):
+    student = write_config(tmp_path, "student", loss="kd", teacher="nowhere/teacher.pt")
+    assert main(["train", str(student)]) == 2
+    line = error_line(capsys)
+    assert "the teacher's checkpoint 'nowhere/teacher.pt' does not exist" in line
+    assert "train the teacher first (a run whose loss needs no teacher" in line
+
+
+def test_momentum_and_the_strategys_offsets_are_checked_together_when_the_config_is_loaded(tmp_path, capsys):
+    path = write_config(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        load_experiment(path, ["train.momentum=0.95"])  # gsnr's offsets reach 0.95 + 0.075
+    (line,) = info.value.lines
+    assert "momentum = 0.95 with the 'gsnr' strategy's offsets in [-0.075, +0.075]" in line
+    assert "gives coefficients in [0.875, 1.025]" in line and " @ $.train.momentum (in " in line
+    assert "$.optimizer" not in line
+    assert main(["train", str(path), "train.momentum=0.95", "recipe.momentum.delta=0.04"]) == 0  # 0.99 < 1
+
+
+# ------------------------------------------------------------------ a command line that never goes silent
+def test_the_start_up_says_what_it_does_and_the_teacher_cache_shows_progress(tmp_path, capsys, monkeypatch):
+    import deepkd.progress
+
+    monkeypatch.setattr(deepkd.progress, "HEARTBEAT", 0.0)  # off a terminal: a line per unit of work
+    assert main(["train", str(write_config(tmp_path, "teacher")), "train.progress=true"]) == 0
+    teacher = (tmp_path / "runs" / "teacher" / "student.pt").as_posix()
+    capsys.readouterr()
+    student = write_config(tmp_path, "student", loss="kd", teacher=teacher)
+    assert main(["train", str(student), "train.progress=true", "train.cache_teacher=true"]) == 0
+    err = capsys.readouterr().err
+    for expected in (
+        "deepkd: reading the synthetic data set",
+        "deepkd: synthetic: 64 training and 32 test samples, 4 classes",
+        "deepkd: student mlp (",
+        f"teacher mlp ({sum(p.numel() for p in read_state_dict(teacher).values()):,} parameters) from {teacher}",
+        "deepkd: computing the teacher's logits of the 64 training samples once (cache_teacher)",
+        "teacher logits of 64 training samples  batch 1/4",
+        "deepkd: teacher logits cached in",
+        "epoch 1/1  step 1/4",
+        "evaluating (eval_loader)  batch 1/",
+        "epoch 1/1  loss",
+    ):
+        assert expected in err, (expected, err)
+
+
+def test_threads_are_chosen_for_a_busy_machine_and_said(tmp_path, capsys, monkeypatch):
+    import os
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (64.0, 64.0, 64.0))  # every core taken by others
+    before = torch.get_num_threads()
+    try:
+        assert main(["train", str(write_config(tmp_path)), "train.progress=true"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    err = capsys.readouterr().err
+    assert "deepkd: 1 CPU thread for torch (the machine is busy: load 64 on " in err
+    assert "set train.threads to choose" in err
+    saved = cfg.structure(__import__("tomllib").loads((tmp_path / "runs" / "student" / "config.toml").read_text()),
+                          ExperimentConfig)  # fmt: skip
+    assert saved.train.threads == 1  # kept for a resume, which must continue with the same arithmetic
+
+
+def test_the_presets_import_wherever_deepkd_is_installed(tmp_path):
+    code = (
+        "from deepkd import presets; import importlib.util as u; "
+        "print(presets.cifar100('deepkd_official').momentum.reference_quirks, u.find_spec('baselines') is None)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "True"]  # outside the checkout: no baselines package, presets still
+    from baselines import presets as old
+    from deepkd import presets
+
+    assert old.cifar100 is presets.cifar100 and old.__all__ == presets.__all__  # the earlier name still works

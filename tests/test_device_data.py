@@ -22,7 +22,7 @@ from deepkd.data.device import Augmentation, DeviceData, DeviceLoader, device_lo
 from deepkd.data.fashion import normalise_pixels
 from deepkd.errors import ConfigError
 from deepkd.experiment import ExperimentConfig, run
-from deepkd.preemption import resume_epoch
+from deepkd.resume import ResumePoint, skip_done
 from deepkd.teacher import compute_teacher_logits
 from deepkd.utils import rng_state
 
@@ -198,7 +198,7 @@ def test_resume_mid_epoch_is_exact() -> None:
                 D.seed_loader(resumed, 7, 3)
                 saved = rng_state(torch.Generator().manual_seed(123))  # a generator state from mid-epoch
                 epoch = iter(resumed)
-                resume_epoch(epoch, done, [{"rng": saved, "meter": None}] * world_size, resumed.generator)
+                skip_done(epoch, ResumePoint(done, [{"rng": saved, "meter": None}] * world_size), resumed.generator)
                 assert_same_batches(batches(epoch), expected[done:])
 
 

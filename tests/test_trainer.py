@@ -283,12 +283,27 @@ def test_metrics_jsonl_logs_every_part_momentum_gsnr_and_k(tmp_path):
     assert cfg.structure(saved["train"], TrainConfig) == trainer.config
 
 
-def test_progress_bar_switches_itself_off_without_a_terminal(tmp_path):
-    disabled = []
-    probe = LambdaCallback(on_step_end=lambda t, out: disabled.append(t.callbacks[0].bar.disable))
-    trainer = Trainer(mlp(1), mlp(0), DEEPKD, config(progress=None), callbacks=[probe])
+def test_off_a_terminal_the_progress_is_a_line_every_heartbeat_and_no_bar(tmp_path, capsys, monkeypatch):
+    import deepkd.progress
+
+    bars = []
+    probe = LambdaCallback(on_step_end=lambda t, out: bars.append(t.callbacks[0].progress.bar))
+    monkeypatch.setattr(deepkd.progress, "HEARTBEAT", 0.0)  # a line at every step
+    trainer = Trainer(mlp(1), mlp(0), DEEPKD, config(progress=None, log_every=2), callbacks=[probe])
     trainer.fit(*loaders())  # pytest captures stderr: not a terminal
-    assert disabled and all(disabled)
+    assert bars and all(bar is None for bar in bars)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch 1/2  step")]
+    assert len(lines) == trainer.steps_per_epoch
+    assert "step 1/" in lines[0] and "loss" not in lines[0]  # values are read only every log_every steps
+    assert "loss" in lines[1] and " k " in lines[1] and "lr" in lines[1]
+
+
+def test_progress_false_prints_nothing(tmp_path, capsys, monkeypatch):
+    import deepkd.progress
+
+    monkeypatch.setattr(deepkd.progress, "HEARTBEAT", 0.0)
+    Trainer(mlp(1), mlp(0), DEEPKD, config(progress=False), run_dir=tmp_path).fit(*loaders())
+    assert capsys.readouterr().err == ""
 
 
 def test_training_without_eval_loader_has_no_best_checkpoint(tmp_path, capsys):

@@ -266,3 +266,40 @@ def test_optimizer_kwargs_are_distill_optimizer_arguments_set_from_the_config():
     group = trainer.optimizer.param_groups[0]
     assert (group["lr"], group["weight_decay"], trainer.optimizer.nonfinite) == (0.3, 0.0, "raise")
     assert not math.isnan(group["momentum"])
+
+
+# ------------------------------------------------------------------ one object, composed
+def test_every_attribute_of_the_trainer_is_created_in_init(tmp_path):
+    trainer = Trainer(nn.Linear(4, 3), nn.Linear(4, 3), KD, _config(), run_dir=tmp_path)
+    before = set(vars(trainer))
+    trainer.fit(_loader(), _loader())
+    assert set(vars(trainer)) == before
+    assert not any(base is not object for base in Trainer.__mro__[1:])  # no mixin: the state half is composed
+
+
+def test_the_trainer_state_before_fit_is_a_clear_error():
+    trainer = Trainer(nn.Linear(4, 3), nn.Linear(4, 3), KD, _config())
+    with pytest.raises(deepkd.DeepKDError, match=r"no learning-rate scheduler before fit\(\)"):
+        trainer.state_dict()
+
+
+def test_resuming_with_other_settings_is_refused_listed_or_accepted_and_printed(tmp_path, capsys):
+    Trainer(nn.Linear(4, 3), nn.Linear(4, 3), KD, _config(), run_dir=tmp_path).fit(_loader())
+    saved = (tmp_path / CONFIG_FILE).read_text()
+    more = Trainer(nn.Linear(4, 3), nn.Linear(4, 3), KD, _config(epochs=3, lr=0.2), run_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"would change train\.epochs: 2 -> 3; train\.lr: 0\.1 -> 0\.2\. Resume"):
+        more.fit(_loader(), resume=True)
+    assert (tmp_path / CONFIG_FILE).read_text() == saved  # refused: nothing changed on disk
+    capsys.readouterr()
+    harmless = Trainer(nn.Linear(4, 3), nn.Linear(4, 3), KD, _config(log_every=7), run_dir=tmp_path)
+    harmless.fit(_loader(), resume=True)  # a setting that changes no number: said, not refused
+    assert "deepkd: resuming with changed settings: train.log_every: 50 -> 7" in capsys.readouterr().err
+    allowed = Trainer(nn.Linear(4, 3), nn.Linear(4, 3), KD, _config(epochs=3), run_dir=tmp_path)
+    history = allowed.fit(_loader(), resume=True, allow_changes=True)
+    assert len(history) == 3 and "train.epochs: 2 -> 3" in capsys.readouterr().err
+
+
+def test_momentum_out_of_range_for_the_strategy_names_the_train_setting():
+    gsnr = deepkd.compose("kd", "gsnr", "none")
+    with pytest.raises(ConfigError, match=r"momentum = 0\.95 with the 'gsnr' strategy's.*@ \$\.train\.momentum"):
+        Trainer(nn.Linear(4, 3), nn.Linear(4, 3), gsnr, _config(momentum=0.95))
