@@ -135,15 +135,18 @@ MASKS: Registry[type] = Registry("mask")
 
 
 def register_loss(name: str, *, replace: bool = False) -> Callable[[C], C]:
-    """Register a loss strategy class (an attrs class with ``part_names``, ``needs_teacher`` and ``parts()``)."""
+    """Register a loss strategy class (an attrs class with ``part_names``, ``needs_teacher`` and ``parts()``; the
+    whole contract is :class:`deepkd.types.LossStrategy`)."""
     return LOSSES.register_class(name, replace=replace)
 
 
 def register_momentum(name: str, *, replace: bool = False) -> Callable[[C], C]:
-    """Register a momentum strategy class (an attrs class with ``plan(part_names)``)."""
+    """Register a momentum strategy class (an attrs class with ``plan(part_names)`` returning a
+    :class:`deepkd.types.Plan`; the contract is :class:`deepkd.types.MomentumStrategy`)."""
     return MOMENTA.register_class(name, replace=replace)
 
 
 def register_mask(name: str, *, replace: bool = False) -> Callable[[C], C]:
-    """Register a mask strategy class (an attrs class with ``init``, ``advance``, ``keep`` and ``window``)."""
+    """Register a mask strategy class (an attrs class with ``form``, ``init`` and ``observe``, optionally ``keep``; the
+    contract is :class:`deepkd.types.MaskStrategy`)."""
     return MASKS.register_class(name, replace=replace)

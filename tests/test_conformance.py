@@ -6,7 +6,7 @@ time, so a strategy registered before the tests are collected is checked by the 
 - momentum: state shapes and dtypes stay fixed, updates are finite, parameters move, the step counter advances,
   the buffers follow ``v <- m v + g`` with the coefficients the step reports, and a checkpoint saved with
   ``torch.save`` and loaded with ``weights_only=True`` resumes bit for bit;
-- mask: ``init(C)`` gives K in [1, C - 1]; ``advance`` never lowers K or the phase; kept sets only grow;
+- mask: ``init(C)`` gives K in [1, C - 1]; ``observe`` never lowers K or the phase; kept sets only grow;
 - loss: parts are finite float32 scalars named by ``part_names`` and differentiable w.r.t. the student.
 """
 
@@ -281,7 +281,7 @@ def _flat(obj: object) -> list[torch.Tensor]:
     accuracies=st.lists(st.floats(0.0, 1.0, allow_nan=False), min_size=1, max_size=10),
     seed=st.integers(0, 2**16),
 )
-def test_mask_init_and_monotone_advance(mask: object, classes: int, accuracies: list[float], seed: int) -> None:
+def test_mask_init_and_monotone_observe(mask: object, classes: int, accuracies: list[float], seed: int) -> None:
     state = mask.init(classes)
     assert isinstance(state, M.MaskState)
     k0 = int(state.k)

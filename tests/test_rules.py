@@ -6,16 +6,19 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 import deepkd
 from deepkd import momentum as MO
 from deepkd.checkpoint import pack_state, unpack_state
 from deepkd.decompose import by_param_group, decompose, decompose_splits, trainable, zero_filled
 from deepkd.errors import CheckpointError, ConfigError, InputError
+from deepkd.types import StepContext
 
 
-def _context(step: int, grads: Any = None, split: Any = None) -> MO.StepContext:
-    return MO.StepContext(step, grads, split or (lambda m: None), lambda t: t)
+def _context(step: int, grads: Any = None, split: Any = None) -> StepContext:
+    return StepContext(step, grads, split or (lambda m: None), lambda t: t)
 
 
 def _grads(scales: list[float], seed: int) -> list[list[list[torch.Tensor]]]:
@@ -186,3 +189,45 @@ def test_param_groups_join_before_the_first_step_only() -> None:
     _step(opt, torch.tensor([0, 1, 2, 3]))
     with pytest.raises(deepkd.DeepKDError, match="before the first step"):
         opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(1))]})
+
+
+# ------------------------------------------------------------------ properties over any rule
+_strategies = st.one_of(
+    st.builds(deepkd.PlainMomentum),
+    st.builds(deepkd.DOT, delta=st.floats(0.0, 0.09)),
+    st.builds(
+        deepkd.FixedOffsets, tog=st.floats(-0.09, 0.09), tcg=st.floats(-0.09, 0.09), ncg=st.floats(-0.09, 0.09)
+    ),
+    st.builds(
+        deepkd.GSNR,
+        delta=st.floats(0.0, 0.09),
+        interval=st.integers(1, 3),
+        allocation=st.sampled_from(["tanh", "minmax"]),
+        fraction=st.sampled_from([0.5, 1.0]),
+    ),
+)
+
+
+@given(strategy=_strategies, scales=st.lists(st.floats(0.0, 5.0), min_size=3, max_size=3), seed=st.integers(0, 99))
+def test_any_rules_offsets_stay_in_its_plans_range_and_its_state_packs_and_unpacks(
+    strategy: Any, scales: list[float], seed: int
+) -> None:
+    plan = strategy.plan(("task", "tckd", "nckd"))
+    lo, hi = plan.offset_range
+    params = [[torch.zeros(30), torch.zeros(4, 3)]]
+    state = plan.rule.init(params)
+    for step in range(1, 6):
+        grads = _grads([scales[i % 3] for i in range(len(plan.groups))], seed + step)
+        ctx = StepContext(step, grads, lambda m: None, lambda t: t)
+        state = plan.rule.probe(state, ctx)
+        sample = plan.rule.sample(state, ctx) if plan.rule.sample is not None else None
+        offsets, state = plan.rule.update(state, ctx._replace(sample=sample))
+        values = offsets.tolist() if isinstance(offsets, torch.Tensor) else list(offsets)
+        assert len(values) == len(plan.groups)
+        assert all(lo - 1e-12 <= o <= hi + 1e-12 for o in values), (values, plan.offset_range)
+    again = unpack_state(pack_state(state), plan.rule.init(params), "rule state")
+    flat = [t for t in torch.utils._pytree.tree_leaves(state) if isinstance(t, torch.Tensor)]
+    back = [t for t in torch.utils._pytree.tree_leaves(again) if isinstance(t, torch.Tensor)]
+    assert len(flat) == len(back)
+    for a, b in zip(flat, back, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
