@@ -24,6 +24,7 @@ from deepkd.checkpoint import FORMAT, check_recipe, check_resumable
 from deepkd.distributed import gather_objects, rank, world_size
 from deepkd.errors import CheckpointError
 from deepkd.metrics import History
+from deepkd.progress import Progress
 from deepkd.utils import rng_state, set_rng_state
 
 if TYPE_CHECKING:
@@ -130,13 +131,19 @@ def restore(run: TrainingRun, state: Mapping[str, Any]) -> Restored:
     return Restored(epoch, step, history, None)
 
 
-def skip_done(batches: Iterator[Any], point: ResumePoint, generator: torch.Generator | None) -> dict[str, Any] | None:
+def skip_done(
+    batches: Iterator[Any], point: ResumePoint, generator: torch.Generator | None, *, progress: bool | None = False
+) -> dict[str, Any] | None:
     """Drop the ``point.batches_done`` batches of the epoch already trained from ``batches`` (the epoch's
-    deterministic order), then restore this rank's random-number generators from ``point.ranks``; returns this
-    rank's saved partial metric sums. On another world size, rank 0 takes rank 0's generators and every rank's sums
-    (the epoch's metrics stay whole), the others start their sums from zero."""
+    deterministic order; reading them can take a while, which ``progress`` shows), then restore this rank's
+    random-number generators from ``point.ranks``; returns this rank's saved partial metric sums. On another world
+    size, rank 0 takes rank 0's generators and every rank's sums (the epoch's metrics stay whole), the others start
+    their sums from zero."""
+    shown = Progress(point.batches_done, "skipping the batches already trained", enabled=progress)
     for _ in range(point.batches_done):
         next(batches)
+        shown.update()
+    shown.close()
     ranks, me = point.ranks, rank()
     if len(ranks) == world_size():
         own = ranks[me]

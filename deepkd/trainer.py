@@ -214,7 +214,7 @@ class Trainer:
         self._call("on_epoch_start")
         batches = iter(train_loader)
         if self._resume is not None:
-            meter = resume.skip_done(batches, self._resume, self._generator)
+            meter = resume.skip_done(batches, self._resume, self._generator, progress=self.config.progress)
             if meter is not None:
                 self._meter.load_state_dict(meter)
             self._resume = None
