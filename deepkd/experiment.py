@@ -1,5 +1,8 @@
 """Experiments: one config file describing a whole run (recipe, training, data, models), and :func:`run`.
 
+The config classes and their loading are :mod:`deepkd.experiment_config`'s (re-exported here); what ``deepkd train``
+checks and sets before training is :mod:`deepkd.startup`'s.
+
 A config file, e.g. ``baselines/configs/fashion_mnist/student_deepkd.toml``::
 
     run_dir = "runs/fashion_mnist/student_deepkd"
@@ -33,17 +36,12 @@ weights by name (``pretrained = "IMAGENET1K_V1"``), read from torchvision's down
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import os
 import time
-import tomllib
-from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
-from attrs import validators as v
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -53,18 +51,23 @@ from deepkd.checkpoint import check_state_dict, load_checkpoint, read_state_dict
 from deepkd.data import IndexedDataset, Loader, device_loaders, get_dataset, make_loaders
 from deepkd.distributed import rank, world_size
 from deepkd.errors import CheckpointError, ConfigError
+from deepkd.experiment_config import (
+    DataConfig,
+    ExperimentConfig,
+    ModelConfig,
+    apply_overrides,
+    load_experiment,
+    parse_override,
+)
 from deepkd.launch import process_group
 from deepkd.metrics import History, evaluate
-from deepkd.models import build_model, count_parameters
+from deepkd.models import build_model
 from deepkd.models.legacy import upgrade_state_dict
-from deepkd.models.torchvision_models import check_pretrained, pretrained_state_dict
+from deepkd.models.torchvision_models import pretrained_state_dict
 from deepkd.progress import note
-from deepkd.recipe import Recipe
-from deepkd.startup import with_threads
-from deepkd.train_config import TrainConfig
+from deepkd.startup import check_files, models_line, needed_teacher, with_threads
 from deepkd.trainer import Trainer
 from deepkd.utils import resolve_device, seed_everything
-from deepkd.validators import integer
 
 __all__ = [
     "DataConfig",
@@ -79,128 +82,6 @@ __all__ = [
     "parse_override",
     "run",
 ]
-
-_positive_int = integer(ge=1)
-
-
-@attrs.frozen(kw_only=True)
-class DataConfig:
-    """Which data set (:func:`deepkd.data.get_dataset`) and how to load it.
-
-    ``options`` go to the data set's builder (e.g. ``{num_samples = 512}`` for ``synthetic``); ``root`` too, when set.
-    ``on_device = true`` holds both sets on the training device and augments there
-    (:func:`deepkd.data.device_loaders`: CIFAR-10/100, Fashion-MNIST and in-memory tensor sets); ``num_workers``
-    then does not apply and is ignored (no worker processes run).
-    """
-
-    name: str = attrs.field(validator=v.instance_of(str))
-    root: str | None = attrs.field(default=None, validator=v.optional(v.instance_of(str)))
-    batch_size: int = attrs.field(default=64, validator=_positive_int)
-    test_batch_size: int | None = attrs.field(default=None, validator=v.optional(_positive_int))
-    num_workers: int = attrs.field(default=0, validator=integer(ge=0))
-    drop_last: bool = attrs.field(default=False, validator=v.instance_of(bool))
-    on_device: bool = attrs.field(default=False, validator=v.instance_of(bool))
-    options: dict[str, Any] = attrs.field(factory=dict)
-
-
-@attrs.frozen(kw_only=True)
-class ModelConfig:
-    """A registered model (:func:`deepkd.models.build_model`) with builder ``kwargs`` and optional weights.
-
-    ``checkpoint`` is a weights file in any common layout (:func:`deepkd.checkpoint.read_state_dict`): a
-    ``student.pt``, ``best.pt`` or ``latest.pt`` of an earlier run, a plain state_dict, a CRD / mdistiller
-    ``ckpt_epoch_240.pth`` (``{"model": ...}``), ``{"state_dict": ...}``, ``{"net": ...}``, with or without
-    DataParallel's ``module.`` prefix. ``pretrained`` names torchvision's published weights of a torchvision model
-    (``"IMAGENET1K_V1"``), read from torchvision's cache (:func:`deepkd.models.torchvision_models.pretrained_path`).
-    A teacher needs one of the two, a student uses it as its initialisation; they are exclusive.
-    """
-
-    name: str = attrs.field(validator=v.instance_of(str))
-    kwargs: dict[str, Any] = attrs.field(factory=dict)
-    checkpoint: str | None = attrs.field(default=None, validator=v.optional(v.instance_of(str)))
-    pretrained: str | None = attrs.field(default=None, validator=v.optional(v.instance_of(str)))
-
-    def __attrs_post_init__(self) -> None:
-        if self.pretrained is None:
-            return
-        if self.checkpoint is not None:
-            raise ConfigError(
-                f"set checkpoint or pretrained, not both (checkpoint = {self.checkpoint!r}, pretrained = "
-                f"{self.pretrained!r}) @ $.pretrained"
-            )
-        try:
-            check_pretrained(self.name, self.pretrained)
-        except ConfigError as exc:
-            raise ConfigError([f"{line} @ $.pretrained" for line in exc.lines]) from None
-
-
-@attrs.frozen(kw_only=True)
-class ExperimentConfig:
-    """A whole run: recipe, training, data, student, teacher, run directory and seed.
-
-    ``deterministic`` asks torch for deterministic kernels (:func:`deepkd.utils.seed_everything`).
-    """
-
-    recipe: Recipe = attrs.field(factory=Recipe)
-    train: TrainConfig = attrs.field(factory=TrainConfig)
-    data: DataConfig
-    student: ModelConfig
-    teacher: ModelConfig | None = None
-    run_dir: str = attrs.field(default="runs/deepkd", validator=v.instance_of(str))
-    seed: int = attrs.field(default=0, validator=integer(ge=0, lt=2**63))
-    deterministic: bool = attrs.field(default=False, validator=v.instance_of(bool))
-
-    def __attrs_post_init__(self) -> None:  # settings of several tables, checked together when the file is loaded
-        self.train.check_recipe(self.recipe)
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"train.epochs=3"`` -> ``(["train", "epochs"], 3)``; the value is read as a TOML literal, else a string."""
-    key, sep, raw = text.partition("=")
-    path = key.strip().split(".")
-    if not sep or not all(path):
-        raise ConfigError(f"override {text!r} must look like key=value, e.g. train.epochs=3 or data.name=digits")
-    try:
-        value = tomllib.loads(f"v = {raw.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw.strip()
-    return path, value
-
-
-def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """A copy of plain config data with dotted ``key=value`` overrides applied.
-
-    A strategy given by name (``momentum = "gsnr"``) becomes a table (``{name = "gsnr"}``) when an override sets one
-    of its fields, so ``recipe.momentum.delta=0.05`` works either way.
-    """
-    out = copy.deepcopy(dict(data))
-    for text in overrides:
-        path, value = parse_override(text)
-        node = out
-        for i, key in enumerate(path[:-1]):
-            child = node.get(key)
-            if isinstance(child, str):
-                child = {"name": child}
-            elif child is None:
-                child = {}
-            elif not isinstance(child, dict):
-                where = ".".join(path[: i + 1])
-                raise ConfigError(f"cannot set {'.'.join(path)}: {where} is {child!r}, not a table @ $.{where}")
-            node[key] = child
-            node = child
-        node[path[-1]] = value
-    return out
-
-
-def load_experiment(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> ExperimentConfig:
-    """Read a ``.toml`` (or ``.json``) experiment config, apply dotted overrides, and validate it strictly.
-
-    Raises:
-        ConfigError: unreadable file, malformed override, unknown keys (with the valid ones listed), bad values.
-    """
-    overrides = list(overrides)
-    return cfg.load(Path(path), ExperimentConfig, transform=lambda data: apply_overrides(data, overrides))
-
 
 def load_weights(model: nn.Module, spec: ModelConfig, role: str = "model") -> nn.Module:
     """Load ``spec``'s weights (``checkpoint`` or ``pretrained``) into ``model`` (built from ``spec``), strictly,
@@ -244,13 +125,7 @@ def build_student(spec: ModelConfig, num_classes: int) -> nn.Module:
 
 
 def _build_teacher(spec: ModelConfig | None, num_classes: int) -> nn.Module:
-    if spec is None:
-        raise ConfigError("this recipe's loss distils from a teacher: add a [teacher] table @ $.teacher")
-    if spec.checkpoint is None and spec.pretrained is None:
-        raise ConfigError(
-            f"the teacher {spec.name!r} needs trained weights: set checkpoint to an earlier run's student.pt (or any "
-            "weights file), or pretrained to torchvision's weights of a torchvision model @ $.teacher.checkpoint"
-        )
+    spec = needed_teacher(spec)
     return load_weights(build_model(spec.name, num_classes, **spec.kwargs), spec, "teacher")
 
 
@@ -330,52 +205,6 @@ def _loaders(config: ExperimentConfig, train_set: Any, test_set: Any) -> tuple[L
         device = config.train.resolved_device()
         return device_loaders(train_set, test_set, config.data.batch_size, device=device, **shared)
     return make_loaders(train_set, test_set, config.data.batch_size, num_workers=config.data.num_workers, **shared)
-
-
-def models_line(config: ExperimentConfig, student: nn.Module, teacher: nn.Module | None) -> str:
-    """The start-up line that names the models and where the teacher's weights come from."""
-    line = f"student {config.student.name} ({count_parameters(student):,} parameters)"
-    if teacher is not None and config.teacher is not None:
-        weights = config.teacher.checkpoint or f"torchvision's {config.teacher.pretrained}"
-        line += f", teacher {config.teacher.name} ({count_parameters(teacher):,} parameters) from {weights}"
-    return line
-
-
-def check_files(config: ExperimentConfig, source: str | os.PathLike[str] | None = None) -> None:
-    """Raise :class:`ConfigError` when a weights file the config names does not exist, before any data is read: the
-    message says whose file it is, where relative paths start, and for a teacher, how to train it (the config in
-    ``source``'s folder whose run writes it, when there is one)."""
-    roles = [("student", config.student)]
-    if config.recipe.loss.needs_teacher and config.teacher is not None:
-        roles.append(("teacher", config.teacher))
-    for role, spec in roles:
-        if spec.checkpoint is None or Path(spec.checkpoint).expanduser().is_file():
-            continue
-        message = (
-            f"the {role}'s checkpoint {spec.checkpoint!r} does not exist (relative paths start in the working "
-            f"directory, {os.getcwd()})"
-        )
-        if role == "teacher":
-            maker = _run_that_writes(Path(spec.checkpoint), source)
-            message += (
-                f"; train the teacher first: deepkd train {maker}"
-                if maker is not None
-                else "; train the teacher first (a run whose loss needs no teacher, e.g. loss = \"ce\"; its run_dir "
-                "then holds student.pt), or point checkpoint at its weights"
-            )
-        raise ConfigError(f"{message} @ $.{role}.checkpoint")
-
-
-def _run_that_writes(checkpoint: Path, source: str | os.PathLike[str] | None) -> str | None:
-    """The config file beside ``source`` whose ``run_dir`` is ``checkpoint``'s folder, if any."""
-    if source is None:
-        return None
-    for candidate in sorted(Path(source).parent.glob("*.toml")):
-        with contextlib.suppress(OSError, tomllib.TOMLDecodeError):
-            run_dir = tomllib.loads(candidate.read_text()).get("run_dir")
-            if isinstance(run_dir, str) and Path(run_dir).resolve() == checkpoint.parent.resolve():
-                return str(candidate)
-    return None
 
 
 def evaluate_checkpoint(

@@ -208,8 +208,9 @@ def test_a_missing_teacher_checkpoint_names_the_teacher_its_path_and_the_run_tha
     teacher_config = write_config(tmp_path, "teacher")
     missing = (tmp_path / "runs" / "teacher" / "student.pt").as_posix()
     student = write_config(tmp_path, "student", loss="kd", teacher=missing)
-    text = student.read_text().replace('name = "synthetic"', 'name = "no_such_set"')  # fails only if data is read
-    student.write_text(text)
+    options = "options = { num_samples = 64, num_test_samples = 32, num_classes = 4, shape = [8] }\n"
+    text = student.read_text().replace(options, "").replace('"synthetic"', '"fashion_mnist"\nroot = "nowhere"')
+    student.write_text(text)  # reading the data would fail: the teacher's file is checked before
     assert main(["train", str(student)]) == 2
     line = error_line(capsys)
     assert f"the teacher's checkpoint {missing!r} does not exist" in line
@@ -294,3 +295,19 @@ def test_the_presets_import_wherever_deepkd_is_installed(tmp_path):
     from deepkd import presets
 
     assert old.cifar100 is presets.cifar100 and old.__all__ == presets.__all__  # the earlier name still works
+
+
+def test_data_options_and_model_arguments_are_checked_when_the_config_is_loaded(tmp_path):
+    path = write_config(tmp_path)
+    cases = {
+        "data.name=synthetik": "unknown data set 'synthetik'. Did you mean 'synthetic'?",
+        "data.options={ bogus = 1 }": "dataset 'synthetic': got an unexpected keyword argument 'bogus'",
+        "student.name=mpl": "unknown model 'mpl'. Did you mean 'mlp'?",
+        "student.kwargs={ depth = 3 }": "model 'mlp': got an unexpected keyword argument 'depth'",
+    }
+    paths = ["$.data.name", "$.data.options", "$.student.name", "$.student.kwargs"]
+    for (override, message), where in zip(cases.items(), paths, strict=True):
+        with pytest.raises(ConfigError) as info:
+            load_experiment(path, [override])
+        (line,) = info.value.lines
+        assert message in line and f" @ {where} (in " in line, line

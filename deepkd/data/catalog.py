@@ -16,7 +16,7 @@ from deepkd.data.vision import cifar10, cifar100, imagenet
 from deepkd.errors import ConfigError
 from deepkd.registry import Registry
 
-__all__ = ["DATASETS", "DatasetInfo", "get_dataset"]
+__all__ = ["DATASETS", "DatasetInfo", "check_options", "get_dataset"]
 
 
 @dataclass(frozen=True)
@@ -103,10 +103,16 @@ def get_dataset(name: str, **options: Any) -> Splits:
     >>> len(train), len(test), info.num_classes, info["input_shape"]
     (20, 10, 10, (4,))
     """
+    check_options(name, options)
+    return DATASETS.get(name)(**options)
+
+
+def check_options(name: str, options: dict[str, Any]) -> None:
+    """Raise as :func:`get_dataset` would for ``name`` and ``options``, without building anything (what a config
+    file is checked with when it is loaded)."""
     build = DATASETS.get(name)
     try:
         inspect.signature(build).bind(**options)
     except TypeError as exc:
         valid = ", ".join(inspect.signature(build).parameters) or "(none)"
         raise ConfigError(f"dataset {name!r}: {exc}; its options are: {valid}") from None
-    return build(**options)

@@ -45,6 +45,7 @@ from deepkd.models.adapters import LogitsOnly, as_logits_model, extract_logits
 from deepkd.models.common import ClassifierNet
 
 __all__ = [
+    "check_arguments",
     "MODELS",
     "ClassifierNet",
     "LogitsOnly",
@@ -79,19 +80,25 @@ def build_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     :class:`~deepkd.errors.ConfigError` for a bad ``num_classes`` or keyword arguments the builder does not take.
     The returned module has a ``num_classes`` attribute.
     """
-    builder = MODELS.get(name)
     n = _check_num_classes(name, num_classes)
+    check_arguments(name, kwargs, n)
+    model = MODELS.get(name)(num_classes=n, **kwargs)
+    if getattr(model, "num_classes", None) != n:
+        model.num_classes = n  # type: ignore[assignment]  # nn.Module.__setattr__ is typed for tensors/modules
+    return model
+
+
+def check_arguments(name: str, kwargs: dict[str, Any], num_classes: int = 10) -> None:
+    """Raise as :func:`build_model` would for ``name`` and ``kwargs``, without building anything (what a config file
+    is checked with when it is loaded)."""
+    builder = MODELS.get(name)
     try:
-        inspect.signature(builder).bind(num_classes=n, **kwargs)
+        inspect.signature(builder).bind(num_classes=num_classes, **kwargs)
     except TypeError as exc:
         params = [p for p in inspect.signature(builder).parameters if p != "num_classes"]
         raise ConfigError(
             f"model {name!r}: {exc}; it accepts num_classes and {', '.join(params) or 'no other arguments'}"
         ) from None
-    model = builder(num_classes=n, **kwargs)
-    if getattr(model, "num_classes", None) != n:
-        model.num_classes = n  # type: ignore[assignment]  # nn.Module.__setattr__ is typed for tensors/modules
-    return model
 
 
 def model_names() -> tuple[str, ...]:
