@@ -311,7 +311,9 @@ class DistillOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:  # type: ignore[override]
-        """Apply the gradients computed by :meth:`distill_step` (which calls this); not for direct use."""
+        """Apply the gradients computed by :meth:`distill_step` (which calls this); not for direct use. The update
+        runs here rather than inside ``distill_step`` because LR schedulers and optimizer hooks wrap
+        ``Optimizer.step``."""
         if self._pending is None:
             call = "opt.distill_step(student_logits, teacher_logits, target, epoch=e)"
             raise DeepKDError(f"step() applies distill_step()'s gradients: call {call}, not backward() and step()")
