@@ -12,7 +12,7 @@ from torch.utils.data import TensorDataset
 
 import deepkd
 from benchmarks import accuracy, provenance
-from benchmarks.accuracy import data, methods, pool, profiles, stats
+from benchmarks.accuracy import cli, data, methods, pool, profiles, stats, teachers
 
 
 def _run(method: str, seed: int, best: float, final: float) -> dict:
@@ -42,7 +42,7 @@ def test_every_method_is_a_valid_recipe_with_the_axis_it_claims():
     skipped: dict[str, str] = {}
     book = methods.recipes(classes=100, epochs=3, steps_per_epoch=40, skipped=skipped)
     assert skipped == {}  # every candidate builds with this deepkd and differs from the default
-    assert set(book) == {*methods.METHODS, *methods.LONG_METHODS, *methods.LONG_CANDIDATES}
+    assert set(book) == {*methods.METHODS, *methods.LONG_METHODS, *methods.ABLATIONS, *methods.LONG_CANDIDATES}
     assert all(recipe.name == name for name, recipe in book.items())
     assert book["static_20"].mask.k == 20 and book["static_30"].mask.k == 30
     assert book["gsnr_nomask"].momentum.interval == 10
@@ -85,16 +85,20 @@ REQUIRED_LONG = {
     "deepkd_default",
     "default_no_gsnr",
     "default_no_mask",
-    "default_kd_loss",
+    "default_preserve_step",
+    "dot_preserve_step",
 }
 
 
-def test_long_profile_runs_every_required_method_long_enough_with_validation():
+def test_long_profile_is_the_distillation_regime():
     profile = profiles.PROFILES["long"]
-    assert REQUIRED_LONG | set(methods.LONG_CANDIDATES) <= set(profile["methods"])
+    assert set(profile["methods"]) >= REQUIRED_LONG
     assert set(profile["datasets"]) == {"fashion_mnist", "fashion_mnist_pairs"}
-    assert profile["epochs"] >= 20 and profile["seeds"] >= 3
-    assert 0.0 < profile["val_share"] < 0.5
+    for sizes in profile["datasets"].values():
+        # validation held out of the whole training split; the teacher trains on all the rest
+        assert sizes["val"] >= 1000 and sizes["teacher_train"] == "all" and sizes["test"] is None
+    assert profile["seeds"] >= 5 and profile["lr"] == "grid" and profile["teacher_epochs"] >= 10
+    assert len(profiles.LR_GRID) >= 3 and 0.1 in profiles.LR_GRID
     # CIFAR's 240-epoch step schedule, scaled: x0.1 after 62.5, 75 and 87.5 % of the run
     assert profiles.step_schedule(240).milestones == (150, 180, 210)
     assert profiles.schedule_for(profile).milestones == (15, 18, 21) and profile["epochs"] == 24
@@ -103,6 +107,48 @@ def test_long_profile_runs_every_required_method_long_enough_with_validation():
     assert book["dkd"].loss.warmup == 2 and book["dkd"].loss.warm(1) == 0.5
     assert book["deepkd_default"].loss.warmup == 2
     assert methods.dkd_warmup(3) == 1 and methods.dkd_warmup(240) == 20
+    # the step-size ablation changes only preserve_step
+    assert book["default_preserve_step"].momentum == attrs.evolve(book["deepkd_default"].momentum, preserve_step=True)
+    assert book["dot_preserve_step"].momentum == attrs.evolve(book["dot"].momentum, preserve_step=True)
+    # the default profile is its miniature: the same teachers' data, validation split and methods
+    default = profiles.PROFILES["default"]
+    assert default["methods"] is None or set(default["methods"]) == set(profile["methods"])
+    assert default["lr"] == "chosen" and default["teacher_epochs"] == profile["teacher_epochs"]
+    for name, sizes in default["datasets"].items():
+        assert sizes["val"] == profile["datasets"][name]["val"] and sizes["teacher_train"] == "all"
+
+
+def test_the_regimes_teacher_sees_every_training_image_but_the_validation_ones():
+    split = data.prepare("digits", {"train": 300, "val": 200, "test": 100, "teacher_train": "all"})
+    rows = lambda ds: {tuple(r.tolist()) for r in ds.tensors[0].flatten(1)}
+    # stratified: round(share · n_c) per class, so about 200 (Fashion-MNIST's 10 x 6,000 give exactly 2,000)
+    assert abs(len(split.val) - 200) <= 5 and len(split.train) == 300 and len(split.test) == 100
+    whole = len(deepkd.data.get_dataset("digits")[0])
+    assert len(split.teacher_train) + len(split.val) == whole  # the whole training split
+    assert rows(split.train) <= rows(split.teacher_train)
+    assert not rows(split.val) & rows(split.teacher_train)
+    # the validation split does not depend on the students' size, so profiles of different sizes share a teacher
+    small = data.prepare("digits", {"train": 100, "val": 200, "test": 100, "teacher_train": "all"})
+    assert torch.equal(small.val.tensors[0], split.val.tensors[0])
+    assert torch.equal(small.teacher_train.tensors[0], split.teacher_train.tensors[0])
+    long, default = (profiles.PROFILES[p] for p in ("long", "default"))
+    keys = [
+        teachers.cache_key("digits", {**prof, "datasets": {"digits": {"val": 200}}}, split.teacher_train)
+        for prof in (long, default)
+    ]
+    assert keys[0] == keys[1]
+
+
+def test_pairs_validation_shares_no_source_image_with_training():
+    labels = torch.arange(100).repeat(6)
+
+    class Pairs:
+        source_indices = torch.stack([torch.arange(600), (torch.arange(600) + 1) % 600], dim=1)
+
+    rest, val = data._held_out(Pairs(), labels, 100)
+    assert len(val) == 100
+    used = set(Pairs.source_indices[val].flatten().tolist())
+    assert not used & set(Pairs.source_indices[rest].flatten().tolist())
 
 
 def test_default_follows_the_library_and_each_alternative_changes_one_setting():
@@ -176,9 +222,56 @@ def test_paired_difference_pairs_by_seed():
     assert math.isnan(stats.paired_difference({0: 0.5}, {1: 0.5})[0])
 
 
-def test_long_machinery_end_to_end_on_digits(tmp_path, monkeypatch):
-    """The long profile's code path (validation split, step schedule, KD and DKD differences, the selection table,
-    the dynamics plot) on digits: 2 epochs, 2 seeds, a handful of methods."""
+def test_learning_rates_chosen_on_validation_end_to_end_on_digits(tmp_path, monkeypatch):
+    """The long profile's code path on digits: a grid of two learning rates on seed 0, the choice on validation,
+    further seeds at the choice, the paired-differences and learning-rate tables, and a report re-rendered from its
+    JSON alone."""
+    profile = dict(profiles.PROFILES["long"])
+    profile.update(
+        datasets={"digits": {"train": 300, "val": 200, "test": 200, "teacher_train": "all"}},
+        epochs=2,
+        seeds=2,
+        teacher_epochs=1,
+        workers=1,
+        methods=["ce", "kd", "dkd", "deepkd_default", "default_preserve_step"],
+    )
+    monkeypatch.setitem(profiles.PROFILES, "tiny_long", profile)
+    monkeypatch.setattr(cli, "LR_GRID", (0.02, 0.2))
+    out = tmp_path / "out"
+    report = accuracy.main(["--profile", "tiny_long", "--out", str(out), "--cache", str(tmp_path / "cache")])
+    selection, runs, choice = report["selection"], report["runs"], report["meta"]["lr_choice"]["digits"]
+    assert sorted((r["method"], r["lr"]) for r in selection) == sorted(
+        (m, lr) for m in profile["methods"] for lr in (0.02, 0.2)
+    )
+    assert {r["seed"] for r in selection} == {0}
+    for method, lr in choice.items():
+        vals = {r["lr"]: r["final_val_top1"] for r in selection if r["method"] == method}
+        assert vals[lr] == max(vals.values())
+        mine = [r for r in runs if r["method"] == method]
+        assert sorted(r["seed"] for r in mine) == [0, 1] and {r["lr"] for r in mine} == {lr}
+    assert all(len(r["test_top1"]) == 1 and r["best_top1"] == r["final_top1"] for r in runs)  # evaluated once
+    md = (out / "accuracy.md").read_text()
+    for heading in ("### Paired differences", "### Learning rates chosen on validation", "| KD − CE |", "| DKD − KD |"):
+        assert heading in md
+    (out / "accuracy.md").unlink()
+    cli.main(["--render", str(out)])
+    assert (out / "accuracy.md").read_text() == md
+
+
+def test_choose_lrs_takes_the_best_validation_and_never_a_diverged_run():
+    runs = [
+        {"dataset": "d", "method": "m", "lr": 0.1, "final_val_top1": 0.5},
+        {"dataset": "d", "method": "m", "lr": 0.2, "final_val_top1": 0.6},
+        {"dataset": "d", "method": "m", "lr": 0.4, "error": "NonFiniteLossError()"},
+        {"dataset": "d", "method": "n", "lr": 0.1, "final_val_top1": 0.7},
+        {"dataset": "d", "method": "n", "lr": 0.2, "final_val_top1": 0.7},
+    ]
+    assert cli.choose_lrs(runs) == {"d": {"m": 0.2, "n": 0.1}}  # a tie goes to the smaller rate
+
+
+def test_validation_split_machinery_end_to_end_on_digits(tmp_path, monkeypatch):
+    """A profile with a validation share of the training draw, one learning rate and per-epoch evaluation (the
+    selection table, the dynamics plot) on digits: 2 epochs, 2 seeds, a handful of methods."""
     profile = dict(profiles.PROFILES["long"])
     candidate = methods.LONG_CANDIDATES[0]
     profile.update(
@@ -188,6 +281,8 @@ def test_long_machinery_end_to_end_on_digits(tmp_path, monkeypatch):
         teacher_epochs=1,
         workers=1,
         val_share=0.2,
+        lr=None,
+        evaluate="epoch",
         methods=["kd", "dkd", "deepkd_default", "default_no_mask", candidate],
     )
     monkeypatch.setitem(profiles.PROFILES, "tiny_long", profile)
@@ -196,7 +291,7 @@ def test_long_machinery_end_to_end_on_digits(tmp_path, monkeypatch):
     report = accuracy.main(argv)
     runs = report["runs"]
     assert len(runs) == 10 and not [r for r in runs if "error" in r]
-    assert all(len(r["val_top1"]) == len(r["test_top1"]) == 2 for r in runs)
+    assert all(len(r["val_top1"]) == len(r["test_top1"]) == 2 and r["lr"] == profiles.LR for r in runs)
     sizes = report["meta"]["datasets"]["digits"]
     assert sizes["val"] + sizes["train"] == 600 and abs(sizes["val"] - 120) <= 5  # 20 %, rounded per class
     md = (out / "accuracy.md").read_text()

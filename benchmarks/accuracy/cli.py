@@ -13,7 +13,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -26,7 +26,18 @@ from benchmarks.accuracy.data import Split, prepare
 from benchmarks.accuracy.methods import METHODS, all_methods, label, recipes
 from benchmarks.accuracy.plots import plots
 from benchmarks.accuracy.pool import Job, execute
-from benchmarks.accuracy.profiles import BATCH, MODELS, PROFILES, model, schedule_for, schedule_text
+from benchmarks.accuracy.profiles import (
+    BATCH,
+    LONG_REPORT,
+    LR,
+    LR_GRID,
+    MODELS,
+    PROFILES,
+    ROOT,
+    model,
+    schedule_for,
+    schedule_text,
+)
 from benchmarks.accuracy.report import markdown, write_csv
 from benchmarks.accuracy.runs import cache_speedup
 from benchmarks.accuracy.stats import summarise
@@ -58,6 +69,9 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seeds", type=int, help="number of seeds (default: the profile's)")
     p.add_argument("--methods", nargs="*", help="subset of methods: " + ", ".join(all_methods()))
+    p.add_argument(
+        "--render", type=Path, metavar="DIR", help="rewrite DIR's report from its accuracy.json; runs nothing"
+    )
     return p
 
 
@@ -115,10 +129,25 @@ def setup(dataset: str, split: Split, profile: Mapping[str, Any], cache: Path, s
     return Prepared(context, info, book, skipped)
 
 
-def _jobs(dataset: str, ready: Prepared, methods: list[str], profile: Mapping[str, Any], schedule: Any) -> list[Job]:
-    """Every seed of every method (of ``methods``) that has a recipe, seed by seed."""
-    book, epochs, seeds = ready.book, profile["epochs"], range(profile["seeds"])
-    return [Job(dataset, m, book[m], seed, epochs, schedule) for seed in seeds for m in methods if m in book]
+def _jobs(
+    dataset: str,
+    ready: Prepared,
+    methods: list[str],
+    profile: Mapping[str, Any],
+    schedule: Any,
+    seeds: range,
+    lrs: Callable[[str], Sequence[float]],
+) -> list[Job]:
+    """Every seed of ``seeds`` of every method (of ``methods``) that has a recipe, at each of its learning rates
+    ``lrs(method)``, seed by seed."""
+    book, epochs, evaluate = ready.book, profile["epochs"], profile.get("evaluate", "epoch")
+    return [
+        Job(dataset, m, book[m], seed, epochs, schedule, lr, evaluate)
+        for seed in seeds
+        for m in methods
+        if m in book
+        for lr in lrs(m)
+    ]
 
 
 def _meta(args: argparse.Namespace, arguments: list[str], workers: int, threads: int) -> dict[str, Any]:
@@ -135,14 +164,53 @@ def _meta(args: argparse.Namespace, arguments: list[str], workers: int, threads:
     }
 
 
-def write(out: Path, meta: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Write ``accuracy.csv``, the plots, ``accuracy.json`` and ``accuracy.md`` (also printed); returns the report."""
+def choose_lrs(selection: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per data set and method, the learning rate whose run has the highest final VALIDATION top-1 (a diverged run
+    counts as the lowest; on a tie the smaller rate). No test figure enters the choice."""
+    best: dict[str, dict[str, tuple[float, float]]] = {}
+    for r in selection:
+        score = r.get("final_val_top1", -1.0) if "error" not in r else -1.0
+        current = best.setdefault(r["dataset"], {}).get(r["method"])
+        if current is None or (score, -r["lr"]) > (current[0], -current[1]):
+            best[r["dataset"]][r["method"]] = (score, r["lr"])
+    return {d: {m: lr for m, (_, lr) in methods.items()} for d, methods in best.items()}
+
+
+def lr_for(chosen: Mapping[str, Mapping[str, float]] | None, dataset: str, method: str) -> float:
+    """The learning rate of ``method`` on ``dataset``: the long profile's choice when there is one, else :data:`LR`."""
+    return float(chosen.get(dataset, {}).get(method, LR)) if chosen else LR
+
+
+def chosen_lrs() -> dict[str, dict[str, float]] | None:
+    """The learning rates the committed long-profile report chose on validation (:data:`LONG_REPORT`), or None (and
+    a note) when that report is absent."""
+    if not LONG_REPORT.exists():
+        _log(f"[accuracy] {LONG_REPORT} not found: every method at lr {LR}")
+        return None
+    return json.loads(LONG_REPORT.read_text())["meta"]["lr_choice"]
+
+
+def render(out: Path) -> dict[str, Any]:
+    """Rewrite ``out``'s ``accuracy.md``, ``accuracy.csv`` and plots from its ``accuracy.json`` (nothing is run)."""
+    report = json.loads((out / "accuracy.json").read_text())
+    return write(out, report["meta"], report["runs"], report.get("selection", []))
+
+
+def write(
+    out: Path, meta: dict[str, Any], runs: list[dict[str, Any]], selection: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Write ``accuracy.csv``, the plots, ``accuracy.json`` and ``accuracy.md`` (also printed); returns the report.
+
+    ``runs`` are the runs the figures come from (each method at its learning rate); ``selection`` the runs that
+    chose the learning rates on validation, when the profile chose them."""
     report: dict[str, Any] = {"meta": meta, "runs": runs}
+    if selection:
+        report["selection"] = selection
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "accuracy.csv", runs)
     if runs:
         summary = summarise(runs)
-        md = markdown(summary, meta)
+        md = markdown(summary, meta, selection or [])
         report["summary"] = summary
         report["plots"] = [str(p) for p in plots(runs, out / "plots")]
     else:
@@ -160,6 +228,8 @@ def main(argv: list[str] | None = None, log: Callable[[str], None] | None = None
     log = log or _log
     cli = parser()
     args = cli.parse_args(argv)
+    if args.render:
+        return render(args.render)
     if args.threads:
         torch.set_num_threads(args.threads)
     profile = dict(PROFILES[args.profile])
@@ -173,7 +243,7 @@ def main(argv: list[str] | None = None, log: Callable[[str], None] | None = None
     threads = max(1, torch.get_num_threads() // max(1, workers))
     schedule = schedule_for(profile)
     meta = _meta(args, sys.argv[1:] if argv is None else list(argv), workers, threads)
-    jobs: list[Job] = []
+    prepared: dict[str, Prepared] = {}
     contexts: dict[str, dict[str, Any]] = {}
     labels: dict[str, str] = {}
     setup_start = time.perf_counter()
@@ -188,13 +258,35 @@ def main(argv: list[str] | None = None, log: Callable[[str], None] | None = None
         meta["skipped_candidates"].update(ready.skipped)
         meta["datasets"][dataset] = ready.info
         contexts[dataset] = ready.context
-        jobs += _jobs(dataset, ready, methods, profile, schedule)
+        prepared[dataset] = ready
         labels.update({m: label(m, ready.book) for m in methods if m in ready.book})
     if args.profile == "long" or profile.get("val_share"):
         meta["labels"] = labels
     meta["setup_seconds"] = time.perf_counter() - setup_start
-    log(f"[accuracy] {len(jobs)} runs, {workers} worker(s) of {meta['threads_per_run']} thread(s)")
+    log(f"[accuracy] {workers} worker(s) of {meta['threads_per_run']} thread(s)")
     run_start = time.perf_counter()
-    runs = execute(jobs, contexts, workers, threads, log) if jobs else []
+    lr_mode = profile.get("lr")
+
+    def run(seeds: range, lrs: Callable[[str, str], Sequence[float]]) -> list[dict[str, Any]]:
+        jobs = [
+            job
+            for dataset, ready in prepared.items()
+            for job in _jobs(dataset, ready, methods, profile, schedule, seeds, lambda m, d=dataset: lrs(d, m))
+        ]
+        log(f"[accuracy] {len(jobs)} runs")
+        return execute(jobs, contexts, workers, threads, log) if jobs else []
+
+    selection: list[dict[str, Any]] = []
+    if lr_mode == "grid":
+        selection = run(range(1), lambda d, m: LR_GRID)
+        choice = choose_lrs(selection)
+        meta["lr_grid"], meta["lr_choice"] = list(LR_GRID), choice
+        runs = [r for r in selection if r["lr"] == choice[r["dataset"]][r["method"]]]
+        runs += run(range(1, profile["seeds"]), lambda d, m: [choice[d][m]])
+    else:
+        chosen = chosen_lrs() if lr_mode == "chosen" else None
+        if chosen is not None:
+            meta["lr_choice"], meta["lr_source"] = chosen, str(LONG_REPORT.relative_to(ROOT))
+        runs = run(range(profile["seeds"]), lambda d, m: [lr_for(chosen, d, m)])
     meta["runs_seconds"] = time.perf_counter() - run_start
-    return write(args.out, meta, runs)
+    return write(args.out, meta, runs, selection)

@@ -73,16 +73,49 @@ def _teacher_indices(raw_train: Any, sizes: Mapping[str, int | None], train: tor
     return index[keep]
 
 
-def prepare(name: str, sizes: Mapping[str, int | None], val_share: float = 0.0) -> Split:
+def _held_out(raw_train: Any, y: torch.Tensor, n_val: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rest, validation)`` indices of the whole training split: ``n_val`` images, stratified and seeded
+    (:func:`validation_indices`), validate; ``rest`` is every other image, less (for the pairs set) every pair that
+    shares a source image with a validation pair."""
+    rest, val = validation_indices(y, n_val / len(y))
+    sources = getattr(raw_train, "source_indices", None)
+    if sources is not None and len(val):
+        rest = rest[~torch.isin(sources[rest], sources[val].flatten()).any(dim=1)]
+    return rest, val
+
+
+def _split_from_whole(raw_train: Any, raw_test: Any, sizes: Mapping[str, Any], classes: int) -> Split:
+    """:func:`prepare` with ``sizes["val"]``: validation held out of the whole training split first, then the
+    students' draw from the rest, and the teacher's set the whole rest (``teacher_train: "all"``) or the students'."""
+    x, y = _tensors(raw_train)
+    rest, val = _held_out(raw_train, y, int(sizes["val"]))
+    train = rest[_indices(len(rest), sizes["train"], TRAIN_DRAW)]
+    teacher = rest if sizes.get("teacher_train") == "all" else train
+
+    def part(index: torch.Tensor) -> TensorDataset:
+        return TensorDataset(x[index].contiguous(), y[index].contiguous())
+
+    return Split(part(train), part(val), _subset(raw_test, sizes["test"], TEST_DRAW), part(teacher), classes)
+
+
+def prepare(name: str, sizes: Mapping[str, Any], val_share: float = 0.0) -> Split:
     """Load a data set and cut it for a profile.
 
-    ``sizes["train"]`` images are drawn from the training split (seeded); ``val_share`` of them, stratified
-    (:func:`validation_indices`), validate and the rest train the students. The teacher trains on the students'
-    part, or on ``sizes["teacher_train"]`` images of the same draw (a superset) when given; either way without the
-    validation images, and for the pairs set without any pair sharing a source image with a validation pair. The
-    test set is ``sizes["test"]`` images of the test split. Without a validation split this is :func:`load`.
+    With ``sizes["val"]`` (the distillation regime of the long and default profiles): ``sizes["val"]`` images of
+    the whole training split, stratified and seeded, validate; the students train on a seeded draw of
+    ``sizes["train"]`` of the rest, and the teacher on all the rest (``sizes["teacher_train"] == "all"``). The
+    validation split and the teacher's set do not depend on the students' size, so profiles share one teacher.
+
+    Otherwise ``sizes["train"]`` images are drawn from the training split (seeded); ``val_share`` of them,
+    stratified (:func:`validation_indices`), validate and the rest train the students. The teacher trains on the
+    students' part, or on ``sizes["teacher_train"]`` images of the same draw (a superset) when given.
+
+    Either way the teacher never sees a validation image, and for the pairs set no pair sharing a source image with a
+    validation pair. The test set is ``sizes["test"]`` images of the test split (all for None).
     """
     raw_train, raw_test, info = get_dataset(name)
+    if sizes.get("val"):
+        return _split_from_whole(raw_train, raw_test, sizes, int(info["num_classes"]))
     x, y = _tensors(raw_train)
     idx = _indices(len(y), sizes["train"], TRAIN_DRAW)
     if val_share:

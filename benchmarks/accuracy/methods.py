@@ -36,9 +36,23 @@ METHODS = (
     "static_30",
 )
 
-# the long profile: the published methods, deepkd's default recipe, and the default with each axis switched off alone
-ABLATIONS = ("default_no_gsnr", "default_no_mask", "default_kd_loss")
-LONG_METHODS = ("ce", "kd", "dkd", "dot", "deepkd_fixed", "deepkd_official", "deepkd_default", *ABLATIONS)
+# the long profile: the baselines, DeepKD's published recipes (official code, paper intent), deepkd's default recipe,
+# the default with each axis switched off alone, and the step-size ablation (offsets that change a buffer's
+# smoothing but not its step size, for the default and for DOT)
+ABLATIONS = ("default_no_gsnr", "default_no_mask", "default_preserve_step", "default_kd_loss")
+LONG_METHODS = (
+    "ce",
+    "kd",
+    "dkd",
+    "dot",
+    "deepkd_default",
+    "deepkd_official",
+    "deepkd_fixed",
+    "default_no_gsnr",
+    "default_no_mask",
+    "default_preserve_step",
+    "dot_preserve_step",
+)
 
 # Candidate defaults, run by the long profile and compared with ``deepkd_default`` on VALIDATION accuracy only.
 # Each is the default recipe (``deepkd.compose()`` with the run-length adjustments) with ONE setting changed:
@@ -75,6 +89,8 @@ LABELS: dict[str, str] = {
     "default_no_gsnr": "the default with plain momentum (`momentum = sgd`)",
     "default_no_mask": "the default without a mask (`mask = none`)",
     "default_kd_loss": "the default with the KD loss (T = 4, CE 0.1 / KD 0.9) instead of DKD",
+    "default_preserve_step": "the default with step-preserving offsets (each buffer's gradient × (1 − μᵢ)/(1 − μ))",
+    "dot_preserve_step": "DOT with step-preserving offsets (each buffer's gradient × (1 − μᵢ)/(1 − μ))",
 }
 
 
@@ -171,12 +187,18 @@ TABLE: dict[str, Callable[[Parts], deepkd.Recipe]] = {
     "default_no_gsnr": lambda p: p.default.replace(momentum="sgd", name="default_no_gsnr"),
     "default_no_mask": lambda p: p.default.replace(mask="none", name="default_no_mask"),
     "default_kd_loss": lambda p: p.default.replace(loss=p.kd, name="default_kd_loss"),
+    "default_preserve_step": lambda p: p.default.replace(
+        momentum=_evolve(p.default.momentum, preserve_step=True), name="default_preserve_step"
+    ),
+    "dot_preserve_step": lambda p: _compose(
+        "dot_preserve_step", p.kd, deepkd.DOT(delta=0.075, preserve_step=True), "none"
+    ),
 }
 
 
 def all_methods() -> list[str]:
     """Every method a profile or ``--methods`` may name, in the order the command line lists them."""
-    return list(dict.fromkeys([*METHODS, *LONG_METHODS, *CANDIDATES]))
+    return list(dict.fromkeys([*METHODS, *LONG_METHODS, *ABLATIONS, *CANDIDATES]))
 
 
 # ---------------------------------------------------------------------------------------------- recipes

@@ -19,12 +19,13 @@ import torch
 from torch.utils.data import TensorDataset
 
 import deepkd
-from benchmarks.accuracy.profiles import model
+from benchmarks.accuracy.profiles import LR, model
 from benchmarks.accuracy.runs import guarded
 
 
 class Job(NamedTuple):
-    """One run to do: a method's recipe on a data set, one seed, ``epochs`` epochs under ``schedule``."""
+    """One run to do: a method's recipe on a data set, one seed, ``epochs`` epochs under ``schedule`` from learning
+    rate ``lr``; ``evaluate`` is ``"epoch"`` (test and validation top-1 after every epoch) or ``"final"``."""
 
     dataset: str
     method: str
@@ -32,10 +33,12 @@ class Job(NamedTuple):
     seed: int
     epochs: int
     schedule: Any
+    lr: float = LR
+    evaluate: str = "epoch"
 
 
-# a job as a plain tuple (a Job is one): (dataset, method, recipe, seed, epochs, schedule)
-JobTuple = tuple[str, str, deepkd.Recipe, int, int, Any]
+# a job as a plain tuple (a Job is one): (dataset, method, recipe, seed, epochs, schedule, lr, evaluate)
+JobTuple = tuple[str, str, deepkd.Recipe, int, int, Any, float, str]
 
 # a data set's context: {"data": (train, test, classes), "val": TensorDataset or None, "teacher": the teacher
 # module, "logits": its logits for every training sample}
@@ -45,8 +48,10 @@ _WORKER: dict[str, Any] = {}  # in a worker: the packed contexts, and those unpa
 
 
 def _run(job: JobTuple, c: Context) -> dict[str, Any]:
-    dataset, method, recipe, seed, epochs, schedule = job
-    return guarded(dataset, method, recipe, seed, c["teacher"], c["data"], epochs, c["logits"], c["val"], schedule)
+    dataset, method, recipe, seed, epochs, schedule, lr, evaluate = Job(*job)  # a shorter tuple takes the defaults
+    return guarded(
+        dataset, method, recipe, seed, c["teacher"], c["data"], epochs, c["logits"], c["val"], schedule, lr, evaluate
+    )
 
 
 def _pack(dataset: str, c: Context) -> dict[str, Any]:
@@ -112,7 +117,7 @@ class Progress:
             if "error" in res
             else f"best {res['best_top1']:.4f} final {res['final_top1']:.4f}"
             + (f" val {res['final_val_top1']:.4f}" if "final_val_top1" in res else "")
-            + f" ({res['seconds']:.1f} s)"
+            + f" (lr {res.get('lr')}, {res['seconds']:.1f} s)"
         )
         self.log(
             f"[accuracy] {done}/{self.total} {res['dataset']} {res['method']} seed {res['seed']}: {what}; "
@@ -122,7 +127,7 @@ class Progress:
 
 def _cost(job: JobTuple, contexts: Mapping[str, Context]) -> float:
     """A run's relative cost: training inputs × epochs × (1 + gradient groups)."""
-    dataset, _, recipe, _, epochs, _ = job
+    dataset, recipe, epochs = job[0], job[2], job[4]
     x = contexts[dataset]["data"][0].tensors[0]
     return float(x.numel() * epochs * (1 + len(recipe.plan().groups)))
 
@@ -160,7 +165,7 @@ def execute(
     threads: int,
     log: Callable[[str], None],
 ) -> list[dict[str, Any]]:
-    """Run every job ``(dataset, method, recipe, seed, epochs, schedule)`` (a :class:`Job` or a plain tuple);
+    """Run every job (a :class:`Job` or a plain tuple of its fields);
     results in job order.
 
     ``workers <= 1``: one after the other in this process. Otherwise in ``workers`` spawned processes of

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.accuracy.methods import ABLATIONS, CANDIDATES, describe_change
+from benchmarks.accuracy.stats import paired_difference
 
 Rows = list[dict[str, Any]]  # a data set's rows of :func:`benchmarks.accuracy.stats.summarise`
 
@@ -70,15 +71,17 @@ def _dataset_heading(dataset: str, info: Mapping[str, Any]) -> str:
     return text + ("\n\n" + "; ".join(extras) + "." if extras else "")
 
 
-def _validated_table(rows: Rows) -> list[str]:
+def _validated_table(rows: Rows, lrs: Mapping[str, float] | None = None) -> list[str]:
     lines = [
-        "| method | runs | best test top-1 (%) | final test top-1 (%) | final val top-1 (%) | "
+        "| method | lr | runs | best test top-1 (%) | final test top-1 (%) | final val top-1 (%) | "
         "final test − KD (pp) | final test − DKD (pp) | s / epoch |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
+        lr = (lrs or {}).get(r["method"], r.get("lr"))
         lines.append(
-            f"| {r['method']} | {_runs(r)} | {pm(r['best'])} | {pm(r['final'])} | {pm(r['val_final'])} | "
+            f"| {r['method']} | {'–' if lr is None else f'{lr:g}'} | {_runs(r)} | {pm(r['best'])} | {pm(r['final'])} | "
+            f"{pm(r['val_final'])} | "
             f"{pm(r['final_vs_kd'], sign=True) if r['method'] != 'kd' else '0'} | "
             f"{pm(r['final_vs_dkd'], sign=True) if r['method'] != 'dkd' else '0'} | "
             f"{r['epoch_seconds']:.1f} |"
@@ -125,24 +128,111 @@ def _notes(meta: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def markdown(summary: dict[str, Rows], meta: dict[str, Any]) -> str:
+def markdown(summary: dict[str, Rows], meta: dict[str, Any], selection: list[dict[str, Any]] | None = None) -> str:
     """``accuracy.md``: per data set its heading and table (with validation columns when measured), what the
-    columns mean, the selection table (with validation), and the notes."""
+    columns mean, the questions table (paired differences), the learning rates chosen on validation, the selection
+    table of the default's alternatives (on validation), and the notes."""
     lines = []
     validated = any(_has_val(rows) for rows in summary.values())
     for dataset, rows in summary.items():
         lines.append(_dataset_heading(dataset, meta["datasets"].get(dataset, {})))
         lines.append("")
-        lines += _validated_table(rows) if _has_val(rows) else _plain_table(rows)
+        lines += (
+            _validated_table(rows, meta.get("lr_choice", {}).get(dataset)) if _has_val(rows) else _plain_table(rows)
+        )
         lines.append("")
     if validated:
         lines.append(VALIDATED_COLUMNS)
-        selection = selection_table(summary)
+        questions = questions_table(summary)
+        if questions:
+            lines += ["", "### Paired differences", "", QUESTIONS_INTRO, "", questions]
         if selection:
-            lines += ["", selection]
+            lines += ["", "### Learning rates chosen on validation", "", LR_INTRO, "", lr_table(selection, meta)]
+        chosen = selection_table(summary)
+        if chosen:
+            lines += ["", chosen]
     else:
         lines.append(PLAIN_COLUMNS)
     return "\n".join(lines + _notes(meta))
+
+
+# The comparisons every validated report answers: (method, reference, what the difference measures)
+QUESTIONS = (
+    ("kd", "ce", "KD − CE"),
+    ("dkd", "kd", "DKD − KD"),
+    ("dot", "kd", "DOT − KD"),
+    ("deepkd_default", "dkd", "DeepKD default − DKD"),
+    ("deepkd_default", "kd", "DeepKD default − KD"),
+    ("deepkd_official", "dkd", "DeepKD official − DKD"),
+    ("deepkd_fixed", "kd", "DeepKD paper intent − KD"),
+    ("default_no_gsnr", "deepkd_default", "GSNR axis: default with plain momentum − default"),
+    ("default_no_mask", "deepkd_default", "mask axis: default without a mask − default"),
+    ("default_preserve_step", "deepkd_default", "step size: default with step-preserving offsets − default"),
+    ("dot_preserve_step", "dot", "step size: DOT with step-preserving offsets − DOT"),
+)
+QUESTIONS_INTRO = (
+    "Final test top-1, each method at its own learning rate, differences paired by seed: mean ± standard error "
+    "(pp), and the mean in standard errors (*z*); |*z*| > 2 is a difference these seeds resolve."
+)
+LR_INTRO = (
+    "Final validation top-1 (%) of seed 0 at each learning rate of the grid; the chosen rate (**bold**) is the "
+    "highest. No test figure enters the choice."
+)
+
+
+def paired(rows: Mapping[str, Mapping[str, Any]], method: str, reference: str) -> tuple[float, float, int]:
+    """``method − reference`` in final test top-1 paired by seed: (mean, s.e., pairs); NaNs when either is absent."""
+    a, b = rows.get(method), rows.get(reference)
+    if a is None or b is None:
+        return math.nan, math.nan, 0
+    return paired_difference(a["final_by_seed"], b["final_by_seed"])
+
+
+def questions_table(summary: dict[str, Rows]) -> str:
+    """The :data:`QUESTIONS` per data set: paired difference ± s.e. and *z*; "" when no question has both methods."""
+    datasets = list(summary)
+    rows = {d: {r["method"]: r for r in summary[d]} for d in datasets}
+    body = []
+    for method, reference, text in QUESTIONS:
+        cells = []
+        for d in datasets:
+            mean, se, n = paired(rows[d], method, reference)
+            z = mean / se if n > 1 and se > 0 else math.nan
+            cells.append(
+                "–"
+                if n == 0
+                else f"{pm((mean, se), sign=True)} | {z:+.1f}"
+                if not math.isnan(z)
+                else f"{pm((mean, se), sign=True)} | –"
+            )
+        if any(c != "–" for c in cells):
+            body.append(f"| {text} | " + " | ".join(c if c != "–" else "– | –" for c in cells) + " |")
+    if not body:
+        return ""
+    head = "| difference |" + "".join(f" {d} (pp) | {d} z |" for d in datasets)
+    return "\n".join([head, "| --- |" + " ---: | ---: |" * len(datasets), *body])
+
+
+def lr_table(selection: list[dict[str, Any]], meta: Mapping[str, Any]) -> str:
+    """Per method and data set, the validation top-1 of each learning rate of the grid, the chosen one in bold."""
+    grid = meta.get("lr_grid") or sorted({r["lr"] for r in selection})
+    choice = meta.get("lr_choice", {})
+    datasets = list(dict.fromkeys(r["dataset"] for r in selection))
+    score = {(r["dataset"], r["method"], r["lr"]): r.get("final_val_top1") for r in selection}
+    methods = list(dict.fromkeys(r["method"] for r in selection))
+    lines = []
+    for d in datasets:
+        lines += [f"{d}:", "", "| method |" + "".join(f" lr {lr:g} |" for lr in grid) + " chosen |"]
+        lines.append("| --- |" + " ---: |" * (len(grid) + 1))
+        for m in methods:
+            cells = []
+            for lr in grid:
+                v = score.get((d, m, lr))
+                text = "diverged" if (d, m, lr) in score and v is None else "–" if v is None else f"{100 * v:.2f}"
+                cells.append(f"**{text}**" if choice.get(d, {}).get(m) == lr else text)
+            lines.append(f"| {m} | " + " | ".join(cells) + f" | {choice.get(d, {}).get(m, '–')} |")
+        lines.append("")
+    return "\n".join(lines).rstrip()
 
 
 def _selection_row(method: str, rows: Mapping[str, Mapping[str, Any]], default_recipe: Any) -> str:

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import deepkd
 from benchmarks.accuracy.data import loaders
 from benchmarks.accuracy.methods import recipes
-from benchmarks.accuracy.profiles import model, train_config
+from benchmarks.accuracy.profiles import LR, model, train_config
 from deepkd.callbacks import Callback, TrainerView
 from deepkd.errors import NonFiniteLossError
 from deepkd.models import count_parameters
@@ -82,10 +82,16 @@ def run_method(
     *,
     val: TensorDataset | None = None,
     schedule: Any = None,
+    lr: float = LR,
+    evaluate: str = "epoch",
 ) -> dict[str, Any]:
-    """Distil one student with ``recipe``; test top-1 after every epoch, and validation top-1 when ``val`` is given.
+    """Distil one student with ``recipe`` from learning rate ``lr``; test top-1 (and validation top-1 when ``val``
+    is given) after every epoch, or after the last one only when ``evaluate`` is ``"final"`` (the curves then hold
+    one value each, and the best epoch is the last).
 
     ``data`` is ``(train, test, classes)``; the seed sets the student's initial weights and the data order."""
+    if evaluate not in ("epoch", "final"):
+        raise ValueError(f"evaluate must be 'epoch' or 'final', got {evaluate!r}")
     train, test, classes = data
     torch.manual_seed(1000 + seed)
     student = model(dataset, "student", classes, train.tensors[0][:1])
@@ -93,28 +99,36 @@ def run_method(
     train_loader, test_loader = loaders(train, test, indexed=needs_teacher)
     trace = Trace(every=trace_every(len(train_loader), epochs))
     callbacks: list[Callback] = [trace]
-    if val is not None:
-        callbacks.append(Validate(DataLoader(val, batch_size=512)))
+    val_loader = None if val is None else DataLoader(val, batch_size=512)
+    if val_loader is not None and evaluate == "epoch":
+        callbacks.append(Validate(val_loader))
     start, cpu = time.perf_counter(), time.process_time()
     trainer = Trainer(
         student,
         teacher if needs_teacher else None,
         recipe,
-        train_config(epochs, cache=needs_teacher, schedule=schedule),
+        train_config(epochs, cache=needs_teacher, schedule=schedule, lr=lr),
         seed=seed,
         callbacks=callbacks,
         teacher_logits=teacher_logits if needs_teacher else None,
     )
-    history = trainer.fit(train_loader, test_loader)
+    history = trainer.fit(train_loader, test_loader if evaluate == "epoch" else None)
+    if evaluate == "epoch":
+        test_curve, val_curve = history["test_top1"], history["val_top1"] if val_loader is not None else []
+    else:
+        test_curve = [trainer.evaluate(test_loader)["test_top1"]]
+        val_curve = [trainer.evaluate(val_loader)["test_top1"]] if val_loader is not None else []
     result: dict[str, Any] = {
         "dataset": dataset,
         "method": method,
         "seed": seed,
+        "lr": lr,
+        "evaluate": evaluate,
         "recipe": recipe.to_dict(),
         "student_params": count_parameters(student),
-        "best_top1": history.best_top1,
-        "final_top1": history.final_top1,
-        "test_top1": history["test_top1"],
+        "best_top1": max(test_curve),
+        "final_top1": test_curve[-1],
+        "test_top1": test_curve,
         "train_top1": history["train_top1"],
         "epoch_time": history["time"],
         "seconds": time.perf_counter() - start,
@@ -122,8 +136,8 @@ def run_method(
         "threads": torch.get_num_threads(),
         "trace": trace.rows,
     }
-    if val is not None:
-        result.update(validation_figures(history["val_top1"], result["test_top1"]))
+    if val_curve:
+        result.update(validation_figures(val_curve, test_curve))
     return result
 
 
@@ -138,13 +152,29 @@ def guarded(
     logits: torch.Tensor | None,
     val: TensorDataset | None,
     schedule: Any,
+    lr: float = LR,
+    evaluate: str = "epoch",
 ) -> dict[str, Any]:
     """:func:`run_method`, with a diverged run (a non-finite loss) recorded as failed instead of ending the benchmark;
     any other error is a bug and propagates."""
     try:
-        return run_method(dataset, method, recipe, seed, teacher, data, epochs, logits, val=val, schedule=schedule)
+        return run_method(
+            dataset,
+            method,
+            recipe,
+            seed,
+            teacher,
+            data,
+            epochs,
+            logits,
+            val=val,
+            schedule=schedule,
+            lr=lr,
+            evaluate=evaluate,
+        )
     except NonFiniteLossError as exc:
-        return {"dataset": dataset, "method": method, "seed": seed, "recipe": recipe.to_dict(), "error": repr(exc)}
+        failed = {"dataset": dataset, "method": method, "seed": seed, "lr": lr, "recipe": recipe.to_dict()}
+        return {**failed, "error": repr(exc)}
 
 
 def cache_speedup(dataset: str, data: Any, teacher: torch.nn.Module, teacher_logits: torch.Tensor) -> dict[str, float]:

@@ -80,6 +80,8 @@ def method_row(method: str, by_method: ByMethod, failed: int) -> dict[str, Any]:
         "final_vs_dkd": versus("final_top1", "dkd"),
         "val_vs_default": versus("final_val_top1", "deepkd_default"),
         "epoch_seconds": statistics.fmean(times) if times else math.nan,
+        "lr": next((r["lr"] for r in seeds.values() if "lr" in r), None),
+        "final_by_seed": metric(by_method, method, "final_top1"),
     }
 
 

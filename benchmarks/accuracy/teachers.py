@@ -30,8 +30,29 @@ def _fingerprint(tensor: torch.Tensor) -> str:
     return hashlib.sha256(tensor.numpy().tobytes()).hexdigest()[:16]
 
 
+# Teachers that ship with deepkd's repository, looked up before the cache: the distillation regime's converged
+# teachers (long and default profiles), so that a fresh clone's ``nox -s bench`` does not spend minutes training them.
+SHIPPED = Path(__file__).resolve().parent.parent / "teachers"
+
+
 def cache_key(dataset: str, profile: Mapping[str, Any], train: TensorDataset) -> dict[str, Any]:
     """Everything that determines ``dataset``'s teacher under ``profile``, trained on ``train``."""
+    if profile["datasets"][dataset].get("val"):
+        # the distillation regime: the teacher's set is the whole training split less validation, whatever the
+        # students' size, so the key names the teacher's own settings and data only (profiles share the teacher)
+        return {
+            "dataset": dataset,
+            "model": MODELS[dataset]["teacher"],
+            "epochs": profile["teacher_epochs"],
+            "lr": profile.get("teacher_lr", LR),
+            "schedule": "cosine",
+            "batch": BATCH,
+            "seed": 0,
+            "torch": torch.__version__.split("+")[0],
+            "train_size": len(train),
+            "data": _fingerprint(train.tensors[0][:256]),
+            "checksum": _fingerprint(train.tensors[1]),
+        }
     key = {
         "dataset": dataset,
         "sizes": profile["datasets"][dataset],
@@ -62,15 +83,18 @@ def _load(teacher: torch.nn.Module, path: Path, dataset: str) -> bool:
         return False
 
 
-def _train(dataset: str, epochs: int, data: tuple[Any, Any, int]) -> tuple[torch.nn.Module, float | None]:
-    """A teacher trained with cross-entropy from seed 0, and its final test top-1."""
+def _train(
+    dataset: str, epochs: int, data: tuple[Any, Any, int], lr: float = LR
+) -> tuple[torch.nn.Module, float | None]:
+    """A teacher trained with cross-entropy from seed 0 (SGD at ``lr``, cosine to 0), and its final test top-1."""
     train, test, classes = data
     print(f"[accuracy] {dataset}: training the teacher ({epochs} epochs)", file=sys.stderr, flush=True)
     torch.manual_seed(0)
     teacher = model(dataset, "teacher", classes, train.tensors[0][:1])
     train_loader, test_loader = loaders(train, test, indexed=False)
     recipe = deepkd.compose(loss="ce", momentum="sgd", mask="none")
-    history = Trainer(teacher, None, recipe, train_config(epochs, cache=False), seed=0).fit(train_loader, test_loader)
+    trainer = Trainer(teacher, None, recipe, train_config(epochs, cache=False, lr=lr), seed=0)
+    history = trainer.fit(train_loader, test_loader)
     return teacher, history.final_top1
 
 
@@ -86,7 +110,8 @@ def _store(teacher: torch.nn.Module, path: Path, key: dict[str, Any], top1: floa
 def teacher_for(
     dataset: str, profile: Mapping[str, Any], cache_dir: Path, data: tuple[Any, Any, int]
 ) -> torch.nn.Module:
-    """Train the data set's teacher, or load it from the cache (keyed by a hash of everything that determines it).
+    """Train the data set's teacher, or load it from :data:`SHIPPED` or the cache (keyed by a hash of everything
+    that determines it).
 
     ``data`` is ``(the teacher's training set, test, classes)``; that set never holds a validation image
     (:func:`benchmarks.accuracy.data.prepare`).
@@ -94,11 +119,13 @@ def teacher_for(
     train, _, classes = data
     key = cache_key(dataset, profile, train)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
-    path = cache_dir / f"teacher-{dataset}-{digest}.pt"
+    name = f"teacher-{dataset}-{digest}.pt"
+    path = cache_dir / name
     teacher = model(dataset, "teacher", classes, train.tensors[0][:1])
-    if path.exists() and _load(teacher, path, dataset):
-        return teacher.eval()
-    teacher, top1 = _train(dataset, profile["teacher_epochs"], data)
+    for where in (SHIPPED / name, path):
+        if where.exists() and _load(teacher, where, dataset):
+            return teacher.eval()
+    teacher, top1 = _train(dataset, profile["teacher_epochs"], data, profile.get("teacher_lr", LR))
     _store(teacher, path, key, top1)
     return teacher.eval()
 
