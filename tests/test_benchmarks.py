@@ -258,6 +258,19 @@ def test_learning_rates_chosen_on_validation_end_to_end_on_digits(tmp_path, monk
     assert (out / "accuracy.md").read_text() == md
 
 
+def test_data_held_on_the_device_gives_the_cpu_loaders_batches():
+    """``--device cuda`` holds the data on the GPU (deepkd.data.device_loaders); the same path on the CPU gives the
+    CPU loaders' batches for the same seed, indices included (the cached teacher logits are read by them)."""
+    x = torch.randn(300, 1, 8, 8)
+    train, test = TensorDataset(x, torch.arange(300) % 10), TensorDataset(x[:50], torch.arange(50) % 10)
+    (cpu, cpu_test), (dev, dev_test) = (data.loaders(train, test, True, on_device=d) for d in (False, True))
+    for loader in (cpu, dev):
+        deepkd.data.seed_loader(loader, 3, 0)
+    for a, b in zip(cpu, dev, strict=True):
+        assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
+    assert torch.equal(next(iter(cpu_test))[0], next(iter(dev_test))[0])
+
+
 def test_choose_lrs_takes_the_best_validation_and_never_a_diverged_run():
     runs = [
         {"dataset": "d", "method": "m", "lr": 0.1, "final_val_top1": 0.5},

@@ -70,6 +70,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, help="number of seeds (default: the profile's)")
     p.add_argument("--methods", nargs="*", help="subset of methods: " + ", ".join(all_methods()))
     p.add_argument(
+        "--device", default="cpu", help="cpu (default) or cuda: runs one at a time there, the data held on the GPU"
+    )
+    p.add_argument(
         "--render", type=Path, metavar="DIR", help="rewrite DIR's report from its accuracy.json; runs nothing"
     )
     return p
@@ -108,11 +111,13 @@ def _info(dataset: str, split: Split, teacher: torch.nn.Module, teacher_top1: fl
     }
 
 
-def setup(dataset: str, split: Split, profile: Mapping[str, Any], cache: Path, schedule: Any) -> Prepared:
+def setup(
+    dataset: str, split: Split, profile: Mapping[str, Any], cache: Path, schedule: Any, device: str = "cpu"
+) -> Prepared:
     """The teacher (trained or from the cache), its logits, every method's recipe and the data set's record."""
     train, val, test, classes = split.train, split.val, split.test, split.classes
     data = (train, test, classes)
-    teacher = teacher_for(dataset, profile, cache, (split.teacher_train, test, classes))
+    teacher = teacher_for(dataset, profile, cache, (split.teacher_train, test, classes), device)
     teacher_top1 = _evaluate(teacher, test)
     logits = teacher_logits(dataset, data, teacher)
     skipped: dict[str, str] = {}
@@ -137,12 +142,13 @@ def _jobs(
     schedule: Any,
     seeds: range,
     lrs: Callable[[str], Sequence[float]],
+    device: str = "cpu",
 ) -> list[Job]:
     """Every seed of ``seeds`` of every method (of ``methods``) that has a recipe, at each of its learning rates
     ``lrs(method)``, seed by seed."""
     book, epochs, evaluate = ready.book, profile["epochs"], profile.get("evaluate", "epoch")
     return [
-        Job(dataset, m, book[m], seed, epochs, schedule, lr, evaluate)
+        Job(dataset, m, book[m], seed, epochs, schedule, lr, evaluate, device)
         for seed in seeds
         for m in methods
         if m in book
@@ -156,6 +162,7 @@ def _meta(args: argparse.Namespace, arguments: list[str], workers: int, threads:
         "profile": args.profile,
         "machine": provenance.machine(),
         "workers": workers,
+        "device": args.device,
         "threads_per_run": threads if workers > 1 else torch.get_num_threads(),
         "datasets": {},
         "skipped": {},
@@ -240,6 +247,8 @@ def main(argv: list[str] | None = None, log: Callable[[str], None] | None = None
     if unknown:
         cli.error(f"unknown methods {unknown}; known: {', '.join(all_methods())}")
     workers = args.workers if args.workers is not None else profile.get("workers", 1)
+    if args.device != "cpu":
+        workers = 1  # one process drives the accelerator; the runs go one after the other
     threads = max(1, torch.get_num_threads() // max(1, workers))
     schedule = schedule_for(profile)
     meta = _meta(args, sys.argv[1:] if argv is None else list(argv), workers, threads)
@@ -254,7 +263,7 @@ def main(argv: list[str] | None = None, log: Callable[[str], None] | None = None
             log(f"[accuracy] skipping {dataset}: {exc}")
             meta["skipped"][dataset] = str(exc)
             continue
-        ready = setup(dataset, split, profile, args.cache, schedule)
+        ready = setup(dataset, split, profile, args.cache, schedule, args.device)
         meta["skipped_candidates"].update(ready.skipped)
         meta["datasets"][dataset] = ready.info
         contexts[dataset] = ready.context
@@ -271,7 +280,9 @@ def main(argv: list[str] | None = None, log: Callable[[str], None] | None = None
         jobs = [
             job
             for dataset, ready in prepared.items()
-            for job in _jobs(dataset, ready, methods, profile, schedule, seeds, lambda m, d=dataset: lrs(d, m))
+            for job in _jobs(
+                dataset, ready, methods, profile, schedule, seeds, lambda m, d=dataset: lrs(d, m), args.device
+            )
         ]
         log(f"[accuracy] {len(jobs)} runs")
         return execute(jobs, contexts, workers, threads, log) if jobs else []

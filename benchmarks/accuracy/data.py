@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from benchmarks.accuracy.profiles import BATCH
-from deepkd.data import IndexedDataset, get_dataset
+from deepkd.data import IndexedDataset, device_loaders, get_dataset
 
 VAL_SEED = 3  # the validation split's seed: one fixed split for every method and every run seed
 TRAIN_DRAW, TEST_DRAW = 1, 2  # the seeds of the draws from the training and the test split
@@ -166,10 +166,18 @@ def split_validation(
     return TensorDataset(x[train_idx], y[train_idx]), TensorDataset(x[val_idx], y[val_idx])
 
 
-def loaders(train: TensorDataset, test: TensorDataset, indexed: bool) -> tuple[DataLoader, DataLoader]:
+def loaders(
+    train: TensorDataset, test: TensorDataset, indexed: bool, device: str = "cpu", on_device: bool | None = None
+) -> tuple[Any, Any]:
     """A shuffled training loader of :data:`~benchmarks.accuracy.profiles.BATCH` (yielding sample indices too when
-    ``indexed``, for cached teacher logits) and a test loader of 512."""
+    ``indexed``, for cached teacher logits) and a test loader of 512.
+
+    ``on_device`` (default: when ``device`` is not the CPU) holds both sets on ``device``
+    (:func:`deepkd.data.device_loaders`: one copy, then a gather per step, no host work), in the order the CPU
+    loaders would give for the same seed."""
     train_set: Any = IndexedDataset(train) if indexed else train
+    if on_device if on_device is not None else device != "cpu":
+        return device_loaders(train_set, test, BATCH, device=device, test_batch_size=512)
     gen = torch.Generator()
     return (
         DataLoader(train_set, batch_size=BATCH, shuffle=True, generator=gen),

@@ -25,7 +25,8 @@ from benchmarks.accuracy.runs import guarded
 
 class Job(NamedTuple):
     """One run to do: a method's recipe on a data set, one seed, ``epochs`` epochs under ``schedule`` from learning
-    rate ``lr``; ``evaluate`` is ``"epoch"`` (test and validation top-1 after every epoch) or ``"final"``."""
+    rate ``lr``, on ``device``; ``evaluate`` is ``"epoch"`` (test and validation top-1 after every epoch) or
+    ``"final"``."""
 
     dataset: str
     method: str
@@ -35,10 +36,11 @@ class Job(NamedTuple):
     schedule: Any
     lr: float = LR
     evaluate: str = "epoch"
+    device: str = "cpu"
 
 
-# a job as a plain tuple (a Job is one): (dataset, method, recipe, seed, epochs, schedule, lr, evaluate)
-JobTuple = tuple[str, str, deepkd.Recipe, int, int, Any, float, str]
+# a job as a plain tuple (a Job is one): (dataset, method, recipe, seed, epochs, schedule, lr, evaluate, device)
+JobTuple = tuple[str, str, deepkd.Recipe, int, int, Any, float, str, str]
 
 # a data set's context: {"data": (train, test, classes), "val": TensorDataset or None, "teacher": the teacher
 # module, "logits": its logits for every training sample}
@@ -48,9 +50,9 @@ _WORKER: dict[str, Any] = {}  # in a worker: the packed contexts, and those unpa
 
 
 def _run(job: JobTuple, c: Context) -> dict[str, Any]:
-    dataset, method, recipe, seed, epochs, schedule, lr, evaluate = Job(*job)  # a shorter tuple takes the defaults
+    d, method, recipe, seed, epochs, schedule, lr, evaluate, device = Job(*job)  # a short tuple takes the defaults
     return guarded(
-        dataset, method, recipe, seed, c["teacher"], c["data"], epochs, c["logits"], c["val"], schedule, lr, evaluate
+        d, method, recipe, seed, c["teacher"], c["data"], epochs, c["logits"], c["val"], schedule, lr, evaluate, device
     )
 
 

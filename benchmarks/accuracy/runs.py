@@ -84,6 +84,7 @@ def run_method(
     schedule: Any = None,
     lr: float = LR,
     evaluate: str = "epoch",
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Distil one student with ``recipe`` from learning rate ``lr``; test top-1 (and validation top-1 when ``val``
     is given) after every epoch, or after the last one only when ``evaluate`` is ``"final"`` (the curves then hold
@@ -96,7 +97,7 @@ def run_method(
     torch.manual_seed(1000 + seed)
     student = model(dataset, "student", classes, train.tensors[0][:1])
     needs_teacher = recipe.loss.needs_teacher
-    train_loader, test_loader = loaders(train, test, indexed=needs_teacher)
+    train_loader, test_loader = loaders(train, test, indexed=needs_teacher, device=device)
     trace = Trace(every=trace_every(len(train_loader), epochs))
     callbacks: list[Callback] = [trace]
     val_loader = None if val is None else DataLoader(val, batch_size=512)
@@ -107,7 +108,7 @@ def run_method(
         student,
         teacher if needs_teacher else None,
         recipe,
-        train_config(epochs, cache=needs_teacher, schedule=schedule, lr=lr),
+        train_config(epochs, cache=needs_teacher, schedule=schedule, lr=lr, device=device),
         seed=seed,
         callbacks=callbacks,
         teacher_logits=teacher_logits if needs_teacher else None,
@@ -124,6 +125,7 @@ def run_method(
         "seed": seed,
         "lr": lr,
         "evaluate": evaluate,
+        "device": device,
         "recipe": recipe.to_dict(),
         "student_params": count_parameters(student),
         "best_top1": max(test_curve),
@@ -154,6 +156,7 @@ def guarded(
     schedule: Any,
     lr: float = LR,
     evaluate: str = "epoch",
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """:func:`run_method`, with a diverged run (a non-finite loss) recorded as failed instead of ending the benchmark;
     any other error is a bug and propagates."""
@@ -171,6 +174,7 @@ def guarded(
             schedule=schedule,
             lr=lr,
             evaluate=evaluate,
+            device=device,
         )
     except NonFiniteLossError as exc:
         failed = {"dataset": dataset, "method": method, "seed": seed, "lr": lr, "recipe": recipe.to_dict()}

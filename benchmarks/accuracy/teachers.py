@@ -84,16 +84,16 @@ def _load(teacher: torch.nn.Module, path: Path, dataset: str) -> bool:
 
 
 def _train(
-    dataset: str, epochs: int, data: tuple[Any, Any, int], lr: float = LR
+    dataset: str, epochs: int, data: tuple[Any, Any, int], lr: float = LR, device: str = "cpu"
 ) -> tuple[torch.nn.Module, float | None]:
     """A teacher trained with cross-entropy from seed 0 (SGD at ``lr``, cosine to 0), and its final test top-1."""
     train, test, classes = data
     print(f"[accuracy] {dataset}: training the teacher ({epochs} epochs)", file=sys.stderr, flush=True)
     torch.manual_seed(0)
     teacher = model(dataset, "teacher", classes, train.tensors[0][:1])
-    train_loader, test_loader = loaders(train, test, indexed=False)
+    train_loader, test_loader = loaders(train, test, indexed=False, device=device)
     recipe = deepkd.compose(loss="ce", momentum="sgd", mask="none")
-    trainer = Trainer(teacher, None, recipe, train_config(epochs, cache=False, lr=lr), seed=0)
+    trainer = Trainer(teacher, None, recipe, train_config(epochs, cache=False, lr=lr, device=device), seed=0)
     history = trainer.fit(train_loader, test_loader)
     return teacher, history.final_top1
 
@@ -108,7 +108,7 @@ def _store(teacher: torch.nn.Module, path: Path, key: dict[str, Any], top1: floa
 
 
 def teacher_for(
-    dataset: str, profile: Mapping[str, Any], cache_dir: Path, data: tuple[Any, Any, int]
+    dataset: str, profile: Mapping[str, Any], cache_dir: Path, data: tuple[Any, Any, int], device: str = "cpu"
 ) -> torch.nn.Module:
     """Train the data set's teacher, or load it from :data:`SHIPPED` or the cache (keyed by a hash of everything
     that determines it).
@@ -125,7 +125,8 @@ def teacher_for(
     for where in (SHIPPED / name, path):
         if where.exists() and _load(teacher, where, dataset):
             return teacher.eval()
-    teacher, top1 = _train(dataset, profile["teacher_epochs"], data, profile.get("teacher_lr", LR))
+    teacher, top1 = _train(dataset, profile["teacher_epochs"], data, profile.get("teacher_lr", LR), device)
+    teacher = teacher.cpu()
     _store(teacher, path, key, top1)
     return teacher.eval()
 
