@@ -1,0 +1,178 @@
+"""README's and docs/benchmarks.md's benchmark tables, generated from the committed long-profile report.
+
+The tables live between marker lines ``<!-- begin: benchmarks.tables NAME -->`` and ``<!-- end: benchmarks.tables
+NAME -->``; everything between them is generated from ``docs/bench-report-long.json`` and nothing else, so a table
+cannot drift from the report it quotes (``tests/test_doc_tables.py`` fails when they disagree)::
+
+    python -m benchmarks.tables                  # check: exit status 1, naming each block that differs
+    python -m benchmarks.tables --write          # rewrite every block from the committed report
+    python -m benchmarks.tables --publish DIR    # commit a finished long run (DIR from `nox -s bench -- --profile
+                                                 # long --out DIR`): its report.md, a slim accuracy.json and the
+                                                 # plots into docs/, then rewrite the blocks
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from benchmarks.accuracy.report import markdown, paired, pm, questions_table
+from benchmarks.accuracy.stats import summarise
+
+ROOT = Path(__file__).resolve().parent.parent
+REPORT = ROOT / "docs" / "bench-report-long.json"
+REPORT_MD = ROOT / "docs" / "bench-report-long.md"
+IMAGES = ROOT / "docs" / "img" / "long"
+
+# the methods of README's headline table, in its order
+HEADLINE = ("ce", "kd", "dkd", "dot", "deepkd_default", "deepkd_official", "deepkd_fixed")
+
+
+def headline(report: Mapping[str, Any]) -> str:
+    """Per data set: each headline method's learning rate, final test top-1 (mean ± std over seeds) and its paired
+    difference from DKD (mean ± s.e.)."""
+    summary = summarise(report["runs"])
+    choice = report["meta"].get("lr_choice", {})
+    lines = ["| method |" + "".join(f" {d}: lr | {d}: test top-1 (%) | {d}: − DKD (pp) |" for d in summary)]
+    lines.append("| --- |" + " ---: | ---: | ---: |" * len(summary))
+    rows = {d: {r["method"]: r for r in summary[d]} for d in summary}
+    for method in HEADLINE:
+        cells = []
+        for d in summary:
+            row = rows[d].get(method)
+            if row is None:
+                cells.append("– | – | –")
+                continue
+            lr = choice.get(d, {}).get(method, row.get("lr"))
+            diff = "0" if method == "dkd" else pm(paired(rows[d], method, "dkd")[:2], sign=True)
+            cells.append(f"{lr:g} | {pm(row['final'])} | {diff}")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    seeds = max(r["runs"] for d in summary for r in summary[d])
+    return "\n".join(lines) + f"\n\n{seeds} seeds a method; the full tables are in docs/bench-report-long.md."
+
+
+def questions(report: Mapping[str, Any]) -> str:
+    """The report's paired differences (:func:`benchmarks.accuracy.report.questions_table`)."""
+    return questions_table(summarise(report["runs"]))
+
+
+def long(report: Mapping[str, Any]) -> str:
+    """The whole accuracy report of the long profile, as ``accuracy.md`` has it."""
+    return markdown(summarise(report["runs"]), report["meta"], report.get("selection", []))
+
+
+GENERATORS: dict[str, Callable[[Mapping[str, Any]], str]] = {
+    "headline": headline,
+    "questions": questions,
+    "long": long,
+}
+# which blocks each file holds
+BLOCKS: dict[str, tuple[str, ...]] = {"README.md": ("headline", "questions"), "docs/benchmarks.md": ("long",)}
+
+
+def _pattern(name: str) -> re.Pattern[str]:
+    return re.compile(
+        rf"(<!-- begin: benchmarks\.tables {name} -->\n)(.*?)(<!-- end: benchmarks\.tables {name} -->)", re.S
+    )
+
+
+def block(text: str, name: str) -> str | None:
+    """The text between ``name``'s markers in ``text`` (None when the markers are absent)."""
+    match = _pattern(name).search(text)
+    return None if match is None else match.group(2)
+
+
+def replace(text: str, name: str, body: str) -> str:
+    """``text`` with ``name``'s block holding ``body``; a :class:`KeyError` when the markers are absent."""
+    if block(text, name) is None:
+        raise KeyError(f"no '<!-- begin: benchmarks.tables {name} -->' ... '<!-- end: ... -->' markers")
+    return _pattern(name).sub(lambda m: m.group(1) + body.rstrip("\n") + "\n" + m.group(3), text, count=1)
+
+
+def load_report(path: Path = REPORT) -> dict[str, Any]:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: publish a long run first (python -m benchmarks.tables --publish)")
+    return json.loads(path.read_text())
+
+
+def stale(root: Path = ROOT, report: Mapping[str, Any] | None = None) -> list[str]:
+    """Every block whose text differs from what the report generates, as ``file: block`` (missing markers too)."""
+    report = report if report is not None else load_report()
+    out = []
+    for file, names in BLOCKS.items():
+        text = (root / file).read_text()
+        for name in names:
+            current = block(text, name)
+            if current is None:
+                out.append(f"{file}: {name} (no markers)")
+            elif current.rstrip("\n") != GENERATORS[name](report).rstrip("\n"):
+                out.append(f"{file}: {name}")
+    return out
+
+
+def write(root: Path = ROOT, report: Mapping[str, Any] | None = None) -> None:
+    """Rewrite every block from the report."""
+    report = report if report is not None else load_report()
+    for file, names in BLOCKS.items():
+        path = root / file
+        text = path.read_text()
+        for name in names:
+            text = replace(text, name, GENERATORS[name](report))
+        path.write_text(text)
+
+
+def slim(report: Mapping[str, Any]) -> dict[str, Any]:
+    """A report without the runs' optimizer traces (the committed copy; everything the tables need stays)."""
+
+    def strip(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in r.items() if k != "trace"} for r in runs]
+
+    out = {k: v for k, v in report.items() if k not in ("runs", "selection", "plots")}
+    out["runs"] = strip(report["runs"])
+    if report.get("selection"):
+        out["selection"] = strip(report["selection"])
+    return out
+
+
+def publish(run_dir: Path, root: Path = ROOT) -> None:
+    """Commit a finished long run: ``report.md`` (image paths into docs/img/long/), a slim ``accuracy.json`` and
+    the plots into docs/, then rewrite the blocks."""
+    report = json.loads((run_dir / "accuracy.json").read_text())
+    if report["meta"].get("profile") != "long":
+        raise ValueError(f"{run_dir} holds a {report['meta'].get('profile')!r} run, not the long profile")
+    images = root / "docs" / "img" / "long"
+    images.mkdir(parents=True, exist_ok=True)
+    for png in sorted((run_dir / "plots").glob("*.png")):
+        shutil.copyfile(png, images / png.name)
+    text = (run_dir / "report.md").read_text().replace("](plots/", "](img/long/")
+    (root / "docs" / "bench-report-long.md").write_text(text)
+    (root / "docs" / "bench-report-long.json").write_text(json.dumps(slim(report), indent=1, default=str) + "\n")
+    write(root, slim(report))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.tables", description=__doc__.splitlines()[0])
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--write", action="store_true", help="rewrite the blocks from the committed report")
+    action.add_argument("--publish", type=Path, metavar="DIR", help="commit a finished long run, then --write")
+    args = parser.parse_args(argv)
+    if args.publish:
+        publish(args.publish)
+        return 0
+    if args.write:
+        write()
+        return 0
+    differ = stale()
+    for what in differ:
+        print(f"stale: {what} (python -m benchmarks.tables --write)", file=sys.stderr)
+    return 1 if differ else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
