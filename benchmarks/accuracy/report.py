@@ -210,7 +210,23 @@ def questions_table(summary: dict[str, Rows]) -> str:
     if not body:
         return ""
     head = "| difference |" + "".join(f" {d} (pp) | {d} z |" for d in datasets)
-    return "\n".join([head, "| --- |" + " ---: | ---: |" * len(datasets), *body])
+    return "\n".join([head, "| --- |" + " ---: | ---: |" * len(datasets), *body]) + power(rows)
+
+
+def power(rows: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
+    """A sentence on the power reached: per data set the median standard error of the :data:`QUESTIONS`'
+    differences, and twice it, the smallest difference those seeds resolve."""
+    parts = []
+    for d, by_method in rows.items():
+        ses = sorted(se for m, r, _ in QUESTIONS for _, se, n in [paired(by_method, m, r)] if n > 1 and se == se)
+        seeds = max((r["runs"] for r in by_method.values()), default=0)
+        if ses:
+            median = statistics.median(ses)
+            parts.append(
+                f"{d}: {seeds} seeds, median s.e. {100 * median:.2f} pp, so differences above about "
+                f"{200 * median:.1f} pp are resolved"
+            )
+    return "\n\nPower: " + "; ".join(parts) + "." if parts else ""
 
 
 def lr_table(selection: list[dict[str, Any]], meta: Mapping[str, Any]) -> str:
