@@ -1,4 +1,4 @@
-"""``python -m benchmarks.algorithm {estimator,collapse,cliff} [--quick] [--out DIR]`` (see :mod:`benchmarks.algorithm`)."""
+"""``python -m benchmarks.algorithm {estimator,collapse,cliff} [--quick] [--out DIR]`` (:mod:`benchmarks.algorithm`)."""
 
 from benchmarks.algorithm.cli import main
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import statistics
 from collections.abc import Iterator
 from typing import Any, ClassVar
@@ -143,9 +144,9 @@ def recipe(variant: str) -> deepkd.Recipe:
     if variant.startswith("epoch_"):
         mask = EpochMask(form="bucket" if "bucket" in variant else "renormalize", k_min=2 if "k2" in variant else 1)
     elif variant == "dynamic_renorm":
-        mask = DynamicMask(thresholds=THRESHOLDS, form="renormalize")
+        mask = DynamicMask(thresholds=THRESHOLDS, form="renormalize")  # type: ignore[arg-type]
     elif variant == "dynamic_bucket":
-        mask = DynamicMask(thresholds=THRESHOLDS)
+        mask = DynamicMask(thresholds=THRESHOLDS)  # type: ignore[arg-type]
     else:
         mask = "none"
     return deepkd.compose(loss=loss, momentum="sgd", mask=mask)
@@ -170,22 +171,25 @@ def one_run(variant: str, seed: int, cfg: dict[str, Any], data: common.Data, t_l
         if ramp is not None and grown_at:
             ramp[0] = min(1.0, (opt.steps - grown_at[0]) / steps_per_epoch)
         if opt.steps % cfg["eval_every"] == 0:
-            curve.append({"step": opt.steps, "epoch": epoch, "k": ks[-1], "test_top1": common.top1(student, sub_x, sub_y)})
+            curve.append(
+                {"step": opt.steps, "epoch": epoch, "k": ks[-1], "test_top1": common.top1(student, sub_x, sub_y)}
+            )
 
     def on_epoch(opt: Any, epoch: int, record: dict[str, Any]) -> None:
         if not variant.startswith("epoch_"):
             return
         assert opt.mask_state is not None
         old = int(opt.mask_state.k)
-        new = max(old, earlier_k(record["train_top1"], data.classes, rec.mask.k_min))
+        new = max(old, earlier_k(record["train_top1"], data.classes, rec.mask.k_min))  # type: ignore[attr-defined]
         opt.mask_state.k.fill_(new)
         if new > old and not grown_at:
             grown_at.append(opt.steps)
             if ramp is not None:
                 ramp[0] = 0.0
 
-    history, _ = common.train(student, rec, data, t_logits, epochs=cfg["epochs"], seed=seed, on_step=on_step,
-                              on_epoch=on_epoch)
+    history, _ = common.train(
+        student, rec, data, t_logits, epochs=cfg["epochs"], seed=seed, on_step=on_step, on_epoch=on_epoch
+    )
     return {"variant": variant, "seed": seed, "history": history, "curve": curve, **jump(ks, curve, steps_per_epoch)}
 
 
@@ -193,9 +197,12 @@ def jump(ks: list[int], curve: list[dict[str, Any]], steps_per_epoch: int) -> di
     """The largest K increase in one step, where K first grows, the test top-1 just before and the lowest in the
     following epoch."""
     steps = [0, *ks]  # K before the first step is the initial K
-    rises = [b - a for a, b in zip(steps, steps[1:])]
-    out: dict[str, Any] = {"k_first": ks[0] if ks else None, "k_last": ks[-1] if ks else None,
-                           "max_k_rise": max(rises[1:], default=0)}
+    rises = [b - a for a, b in itertools.pairwise(steps)]
+    out: dict[str, Any] = {
+        "k_first": ks[0] if ks else None,
+        "k_last": ks[-1] if ks else None,
+        "max_k_rise": max(rises[1:], default=0),
+    }
     first = next((i for i in range(1, len(ks)) if ks[i] > ks[i - 1]), None)  # steps taken before K grew
     out["k_grows_at_step"] = first
     if first is None:
@@ -256,7 +263,8 @@ def markdown(result: dict[str, Any]) -> str:
             f"{_cell([r['after_min_top1'] for r in mine])} | "
             f"{_cell([r['history'][-1]['test_top1'] for r in mine])} |"
         )
-    finals = {v: statistics.mean(r["history"][-1]["test_top1"] for r in result["runs"] if r["variant"] == v)
-              for v in VARIANTS}
+    finals = {
+        v: statistics.mean(r["history"][-1]["test_top1"] for r in result["runs"] if r["variant"] == v) for v in VARIANTS
+    }
     lines += ["", "Mean final test top-1: " + ", ".join(f"{v} {100 * f:.1f} %" for v, f in finals.items()) + "."]
     return "\n".join(lines)

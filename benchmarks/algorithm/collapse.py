@@ -58,7 +58,7 @@ def settings(quick: bool) -> dict[str, Any]:
 
 
 def recipe(form: str, k: int, warmup: int) -> deepkd.Recipe:
-    mask: Any = "none" if form == "none" else StaticMask(k=k, form=form)
+    mask: Any = "none" if form == "none" else StaticMask(k=k, form=form)  # type: ignore[arg-type]
     return deepkd.compose(loss=DKD(warmup=warmup), momentum="sgd", mask=mask)
 
 

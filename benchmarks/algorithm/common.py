@@ -71,8 +71,13 @@ def load(name: str, train: int | None, test: int | None, seed: int = 1) -> Data:
         tr, te, info = get_dataset(name, size=train, test_size=test, seed=0)
     elif name == "synthetic100":
         tr, te, info = get_dataset(
-            "synthetic", num_samples=train or 2000, num_test_samples=test or 1000, num_classes=100,
-            shape=(1, 8, 8), seed=seed, noise=1.0,
+            "synthetic",
+            num_samples=train or 2000,
+            num_test_samples=test or 1000,
+            num_classes=100,
+            shape=(1, 8, 8),
+            seed=seed,
+            noise=1.0,
         )
     else:
         tr, te, info = get_dataset(name)

@@ -96,11 +96,15 @@ def component_grads(student: nn.Module, loss: DKD, x: Tensor, t: Tensor, y: Tens
     out = []
     for i, name in enumerate(PARTS):
         grads = torch.autograd.grad(parts[name], params, retain_graph=i < len(PARTS) - 1, allow_unused=True)
-        out.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)]))
+        out.append(
+            torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)])
+        )
     return out
 
 
-def frozen(student: nn.Module, loss: DKD, data: common.Data, t_logits: Tensor, batches: int, seed: int) -> dict[str, Any]:
+def frozen(
+    student: nn.Module, loss: DKD, data: common.Data, t_logits: Tensor, batches: int, seed: int
+) -> dict[str, Any]:
     """GSNR at frozen parameters (a copy of ``student``, in train mode as in training) over ``batches`` random
     training batches, and what the stream estimator reads from the same gradients, as they are and centred."""
     net = copy.deepcopy(student).train()
@@ -222,8 +226,9 @@ def markdown(result: dict[str, Any]) -> str:
     cfg, t = result["settings"], result["teacher"]
     lines = [
         f"Student `{cfg['student']['arch']}` (width {cfg['student']['width']}) distilled from a `{t['arch']}` teacher "
-        f"({t['epochs']} epochs on {t['train']} images, test top-1 {common.pct(t['test_top1'])}) on {cfg['train'] or 'all'} "
-        f"training images of `{cfg['data']}`, {cfg['epochs']} epochs, batch {result['batch']}, lr {common.LR} cosine; "
+        f"({t['epochs']} epochs on {t['train']} images, test top-1 {common.pct(t['test_top1'])}) "
+        f"on {cfg['train'] or 'all'} training images of `{cfg['data']}`, {cfg['epochs']} epochs, "
+        f"batch {result['batch']}, lr {common.LR} cosine; "
         "recipe:",
         "",
         "```",
