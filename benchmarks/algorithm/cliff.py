@@ -60,6 +60,7 @@ FULL = {
     "epochs": 5,
     "eval_every": 13,
     "seeds": [0, 1],
+    "horizon": 100,
 }
 QUICK = {
     "data": "digits",
@@ -71,6 +72,7 @@ QUICK = {
     "epochs": 4,
     "eval_every": 2,
     "seeds": [0],
+    "horizon": 10,
 }
 THRESHOLDS = (0.30, 0.60)
 
@@ -138,15 +140,15 @@ def registered() -> Iterator[None]:
         LOSSES.unregister("algorithm_ramped_dkd")
 
 
-def recipe(variant: str) -> deepkd.Recipe:
+def recipe(variant: str, horizon: int = 100) -> deepkd.Recipe:
     loss = RampedDKD(warmup=0) if variant.endswith("ramped") else DKD(warmup=0)
     mask: Any
     if variant.startswith("epoch_"):
         mask = EpochMask(form="bucket" if "bucket" in variant else "renormalize", k_min=2 if "k2" in variant else 1)
     elif variant == "dynamic_renorm":
-        mask = DynamicMask(thresholds=THRESHOLDS, form="renormalize")  # type: ignore[arg-type]
+        mask = DynamicMask(thresholds=THRESHOLDS, horizon=horizon, form="renormalize")  # type: ignore[arg-type]
     elif variant == "dynamic_bucket":
-        mask = DynamicMask(thresholds=THRESHOLDS)  # type: ignore[arg-type]
+        mask = DynamicMask(thresholds=THRESHOLDS, horizon=horizon)  # type: ignore[arg-type]
     else:
         mask = "none"
     return deepkd.compose(loss=loss, momentum="sgd", mask=mask)
@@ -157,7 +159,7 @@ def one_run(variant: str, seed: int, cfg: dict[str, Any], data: common.Data, t_l
     torch.manual_seed(seed)
     scfg = cfg["student"]
     student = common.model(scfg["arch"], data.classes, data.x[:1], width=scfg["width"])
-    rec = recipe(variant)
+    rec = recipe(variant, cfg["horizon"])
     ramp = rec.loss.ramp if isinstance(rec.loss, RampedDKD) else None
     steps_per_epoch = len(data.y) // common.BATCH
     sub_x, sub_y = data.test_x[: cfg["eval_subset"]], data.test_y[: cfg["eval_subset"]]
@@ -203,7 +205,10 @@ def jump(ks: list[int], curve: list[dict[str, Any]], steps_per_epoch: int) -> di
         "k_last": ks[-1] if ks else None,
         "max_k_rise": max(rises[1:], default=0),
     }
-    first = next((i for i in range(1, len(ks)) if ks[i] > ks[i - 1]), None)  # steps taken before K grew
+    grown = [i for i in range(1, len(ks)) if ks[i] > ks[i - 1]]  # the steps taken before each rise of K
+    first = grown[0] if grown else None
+    out["k_rises_after_steps"] = grown
+    out["steps_per_epoch"] = steps_per_epoch
     out["k_grows_at_step"] = first
     if first is None:
         out["before_top1"] = out["after_min_top1"] = None
