@@ -82,7 +82,7 @@ def test_cliff(tmp_path: Path) -> None:
     result = _run("cliff", tmp_path)
     assert "algorithm_epoch_mask" not in MASKS and "algorithm_ramped_dkd" not in LOSSES  # registered for the run only
     runs = {r["variant"]: r for r in result["runs"]}
-    bound = max_k_step(10, DynamicMask(thresholds=THRESHOLDS, horizon=result["settings"]["horizon"]))
+    bound = max_k_step(10, DynamicMask(thresholds=THRESHOLDS, horizon=result["settings"]["horizon"]))  # type: ignore[arg-type]
     for name, run in runs.items():
         if name.startswith("epoch_"):  # the earlier schedule moves K at epoch boundaries only
             assert all(step % run["steps_per_epoch"] == 0 for step in run["k_rises_after_steps"])
