@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import statistics
 from collections.abc import Mapping
 from pathlib import Path
@@ -49,7 +50,7 @@ def _runs(row: Mapping[str, Any]) -> str:
     return f"{row['runs']}" + (f" ({row['failed']} failed)" if row.get("failed") else "")
 
 
-def _dataset_heading(dataset: str, info: Mapping[str, Any]) -> str:
+def _dataset_heading(dataset: str, info: Mapping[str, Any], own_lr: bool = False) -> str:
     val = f" / {info['val']} validation" if info.get("val") else ""
     if info.get("teacher_train") and info.get("teacher_train") != info.get("train"):
         val += f" (the teacher: {info['teacher_train']} training images, none of them validation images)"
@@ -60,7 +61,10 @@ def _dataset_heading(dataset: str, info: Mapping[str, Any]) -> str:
     )
     extras = []
     if info.get("schedule"):
-        extras.append(f"learning rate: {info['schedule']}")
+        schedule = info["schedule"]
+        if own_lr:  # each method starts from its own rate (column *lr*); the schedule's shape is shared
+            schedule = re.sub(r"^lr [0-9.e-]+, ", "each method's own (column *lr*), ", schedule)
+        extras.append(f"learning rate: {schedule}")
     if info.get("dkd_warmup") is not None:
         w = info["dkd_warmup"]
         extras.append(
@@ -135,7 +139,7 @@ def markdown(summary: dict[str, Rows], meta: dict[str, Any], selection: list[dic
     lines = []
     validated = any(_has_val(rows) for rows in summary.values())
     for dataset, rows in summary.items():
-        lines.append(_dataset_heading(dataset, meta["datasets"].get(dataset, {})))
+        lines.append(_dataset_heading(dataset, meta["datasets"].get(dataset, {}), bool(meta.get("lr_choice"))))
         lines.append("")
         lines += (
             _validated_table(rows, meta.get("lr_choice", {}).get(dataset)) if _has_val(rows) else _plain_table(rows)
