@@ -1,7 +1,7 @@
 """``nox -s bench``: the speed and accuracy benchmarks, and one report.
 
 Profiles: ``smoke`` (under a minute; CI runs it to keep the benchmark alive), ``default`` (at most ~15 minutes on a
-2-core CPU: a miniature of ``long``), ``full`` (more epochs, data and seeds, one learning rate), ``long`` (about 75
+2-core CPU: a miniature of ``long``), ``full`` (more epochs, data and seeds, one learning rate), ``long`` (about 50
 minutes on a 2-core CPU: converged teachers, 24-epoch students with a step schedule, each method's learning rate
 chosen on a validation split, 5 seeds, deepkd's default recipe with its ablations; its speed section is reduced to
 the small CNN). Results go to ``--out`` (default ``bench-results/``):

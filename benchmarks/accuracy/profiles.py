@@ -80,7 +80,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     # learning rate is chosen on the final validation top-1 of seed 0 from LR_GRID, and seeds 0-4 at that rate give
     # the test figures. Sizes and epochs were chosen on the baselines' (CE, KD, DKD, DOT) validation figures only
     # (docs/benchmarks.md). Measured on a 2-core Xeon, one thread a run: 15-35 s a run on fashion_mnist and twice
-    # that on the pairs; 110 selection and 88 further runs in 2 workers, about 70 minutes.
+    # that on the pairs; 110 selection and 88 further runs in 2 workers: 51 minutes in all (docs/bench-report-long.md).
     "long": {
         "datasets": {
             "fashion_mnist": {"train": 3400, "val": 2000, "test": None, "teacher_train": "all"},
