@@ -121,6 +121,8 @@ def import_user_code(specs: Sequence[str]) -> None:
 
     Raises :class:`~deepkd.errors.ConfigError` naming the module when it cannot be found or fails to import.
     """
+    if not specs:
+        return
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
