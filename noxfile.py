@@ -1,4 +1,4 @@
-"""Developer sessions: ``nox -s tests``, ``nox -s lint`` and ``nox -s bench``.
+"""Developer sessions: ``nox -s tests``, ``nox -s lint``, ``nox -s docs`` and ``nox -s bench``.
 
 The sessions share one virtual environment, ``.nox/deepkd``. torch and torchvision take about 5.5 GB on disk, so
 one environment per session would need three copies of them; the sessions differ only in which extras they add,
@@ -61,3 +61,15 @@ def bench(session: nox.Session) -> None:
     """Speed and accuracy benchmarks; ``nox -s bench -- --profile smoke|default|long|full`` (bench-results/)."""
     env = _environment(session, "bench")
     _run(session, env, "python", "-m", "benchmarks.run", *session.posargs)
+
+
+@nox.session(venv_backend="none")
+def docs(session: nox.Session) -> None:
+    """The documentation site (Sphinx + MyST) in docs/_build/html; any warning fails the build (``-W``).
+
+    ``nox -s docs -- -b linkcheck`` (or any other sphinx-build options) is passed through after the defaults.
+    """
+    env = _environment(session, "docs")
+    sphinx = ("python", "-m", "sphinx", "-W", "--keep-going", "-b", "html")
+    _run(session, env, *sphinx, *session.posargs, "docs", "docs/_build/html")
+    session.log("the site is in docs/_build/html/index.html")

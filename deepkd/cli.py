@@ -2,8 +2,14 @@
 
 ::
 
-    deepkd train CONFIG.toml [key=value ...] [--resume [--allow-changes] | --overwrite]
+    deepkd [--version] [--import MODULE ...] COMMAND ...
+    deepkd train CONFIG.toml [key=value ...] [--resume [--allow-changes] | --overwrite] [--import MODULE ...]
     deepkd eval [CHECKPOINT] [--config CONFIG.toml] [--model student|teacher] [--device DEVICE] [--batch-size N]
+
+``--import MODULE`` (repeatable, before or after the command) imports a module of your own before the config is
+read, so that the models, data sets and strategies it registers (:func:`deepkd.models.register_model`,
+``deepkd.data.DATASETS.register``, :func:`deepkd.register_momentum`...) can be named in the config: a dotted module
+name, found from the working directory first, or a path to a ``.py`` file.
 
 ``deepkd eval`` prints the test top-1, top-5 and loss of a ``latest.pt``/``best.pt`` (which carry their config) or,
 with ``--config``, of any weights file (a plain state_dict, CRD / mdistiller's ``{"model": ...}``...) loaded into the
@@ -28,10 +34,15 @@ rank 0 prints; a rank that fails prints one line naming itself (rank, host, pid)
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from deepkd.errors import DeepKDError
+from deepkd._version import __version__
+from deepkd.errors import ConfigError, DeepKDError
 from deepkd.launch import failure_message, launched_rank, launched_world_size
 
 __all__ = ["main"]
@@ -74,11 +85,99 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+SITE = "docs/index.md (build the site with: nox -s docs)"
+
+EPILOG = f"""\
+examples:
+  deepkd train baselines/configs/fashion_mnist/teacher.toml
+  deepkd train baselines/configs/fashion_mnist/student_deepkd.toml train.epochs=5 recipe.momentum.delta=0.05
+  deepkd train my_config.toml --import my_project.models     # models/data sets your module registers
+  deepkd eval runs/fashion_mnist/student_deepkd/best.pt
+  torchrun --nproc_per_node=2 -m deepkd train CONFIG.toml
+
+Run 'deepkd COMMAND --help' for a command's options. Documentation: {SITE}.
+"""
+
+TRAIN_EPILOG = """\
+examples:
+  deepkd train baselines/configs/fashion_mnist/student_kd.toml train.epochs=5 recipe.loss.temperature=2
+  deepkd train CONFIG.toml --resume                 # continue run_dir/latest.pt
+  deepkd train my_config.toml --import my_models.py # a file that registers a model or data set
+
+Overrides are dotted keys (train.epochs=3); values are TOML literals, otherwise strings.
+Exit status: 0 on success or after SIGTERM/SIGUSR1, 2 for config/data/checkpoint errors, 130 after Ctrl-C.
+"""
+
+EVAL_EPILOG = """\
+examples:
+  deepkd eval runs/fashion_mnist/student_deepkd/best.pt
+  deepkd eval weights.pt --config baselines/configs/cifar100/resnet32x4_resnet8x4/kd.toml --model teacher
+"""
+
+
+def import_user_code(specs: Sequence[str]) -> None:
+    """Import each of ``specs`` (a dotted module name, or a path to a ``.py`` file) so that what it registers can be
+    named in a config. A module name is looked up from the working directory first, as ``python -m`` would.
+
+    Raises :class:`~deepkd.errors.ConfigError` naming the module when it cannot be found or fails to import.
+    """
+    if not specs:
+        return
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    for spec in specs:
+        path = Path(spec)
+        try:
+            if spec.endswith(".py") or os.sep in spec:
+                if not path.is_file():
+                    raise ConfigError(f"--import {spec}: no such file")
+                module_spec = importlib.util.spec_from_file_location(path.stem, path)
+                if module_spec is None or module_spec.loader is None:
+                    raise ConfigError(f"--import {spec}: not a Python file")
+                module = importlib.util.module_from_spec(module_spec)
+                sys.modules[path.stem] = module
+                module_spec.loader.exec_module(module)
+            else:
+                importlib.import_module(spec)
+        except DeepKDError:
+            raise
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and spec.startswith(exc.name):
+                raise ConfigError(
+                    f"--import {spec}: no module named {exc.name!r} (looked in the working directory {cwd} and on "
+                    "sys.path; give a path to a .py file, or install the package)"
+                ) from None
+            raise
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="deepkd", description="Knowledge distillation with composable recipes.")
+    parser = argparse.ArgumentParser(
+        prog="deepkd",
+        description="Knowledge distillation with composable recipes (KD, DKD, DOT, DeepKD).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"deepkd {__version__}")
+    import_help = (
+        "import MODULE (a dotted name, or a .py file) first, so that the models, data sets and strategies it "
+        "registers can be named in the config; repeatable"
+    )
+    # before the command and after it: two destinations, so that neither list replaces the other
+    parser.add_argument(
+        "--import", dest="global_imports", action="append", default=[], metavar="MODULE", help=import_help
+    )
+    imports = argparse.ArgumentParser(add_help=False)
+    imports.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE", help=import_help)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    train = commands.add_parser("train", help="train a student (or a teacher) from an experiment config")
+    train = commands.add_parser(
+        "train",
+        help="train a student (or a teacher) from an experiment config",
+        parents=[imports],
+        epilog=TRAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     train.add_argument("config", help="experiment config (.toml or .json)")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.epochs=3")
     mode = train.add_mutually_exclusive_group()
@@ -91,7 +190,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.set_defaults(func=_train)
 
-    ev = commands.add_parser("eval", help="evaluate a checkpoint (student or teacher) on its test set (top-1/top-5)")
+    ev = commands.add_parser(
+        "eval",
+        help="evaluate a checkpoint (student or teacher) on its test set (top-1/top-5)",
+        parents=[imports],
+        epilog=EVAL_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ev.add_argument(
         "checkpoint",
         nargs="?",
@@ -122,6 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "train":
         args.overrides = [*args.overrides, *extra]
     try:
+        import_user_code([*args.global_imports, *args.imports])
         return int(args.func(args))
     except DeepKDError as exc:
         message = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())

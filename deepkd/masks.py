@@ -20,8 +20,8 @@ smoothed over steps (an exponential moving average with a time constant of ``hor
 
 K is updated every step, on the device (the optimizer never reads it back), and never decreases. Because the
 smoothed accuracy moves by at most 1/``horizon`` per step, K grows by at most ⌈(K_max − K_min) / ((a2 − a1) ·
-horizon)⌉ classes per step: the NCKD term never switches on at full weight in one step. The paper gives no K
-values; these are deepkd's own. Rounding is half up everywhere.
+horizon)⌉ + 1 classes per step (the + 1 for rounding): the NCKD term never switches on at full weight in one
+step. The paper gives no K values; these are deepkd's own. Rounding is half up everywhere.
 
 >>> import torch
 >>> teacher = torch.tensor([[0.0, 3.0, 1.0, 2.0]])

@@ -95,9 +95,9 @@ class DistillOptimizer(torch.optim.Optimizer):
             :meth:`state_dict` (the parameters are those from before that step).
         sync: what the ranks of a distributed run (``torch.distributed`` with more than one rank) average each step.
             ``"step"`` (default): each rank keeps local momentum buffers fed by its local gradients, and one
-            all-reduce of the summed step direction (|θ| floats) moves every rank as one process on the global
+            all-reduce of the summed step direction (``|θ|`` floats) moves every rank as one process on the global
             batch would (the update is linear in the gradients; :meth:`state_dict` averages the buffers).
-            ``"grads"``: one all-reduce of every gradient group (k·|θ| floats); buffers are global on every rank.
+            ``"grads"``: one all-reduce of every gradient group (k·``|θ|`` floats); buffers are global on every rank.
             A plan whose update is not linear (``Plan.direction`` is ``None``: the official code's) takes
             ``"grads"``; :attr:`sync_path` says what runs. ``"off"``: ranks train independently. The step's loss
             parts and the mask's counts ride on one small collective before either (see the module docstring).

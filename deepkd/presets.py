@@ -189,9 +189,11 @@ def cifar100(method: str, teacher: str = "resnet32x4", student: str = "resnet8x4
 
     The three DeepKD presets:
 
-    - ``deepkd``: deepkd's recommended DeepKD, ``compose()``'s defaults on the pair's DKD loss (β included,
-      so that it differs from ``dkd`` only in momentum and mask): GSNR momentum measured at fixed parameters with
-      the tanh allocation, and the dynamic top-K mask in its bucket form (``docs/benchmarks.md`` has the evidence).
+    - ``deepkd``: deepkd's default DeepKD, ``compose()``'s defaults on the pair's DKD loss (β included,
+      so that it differs from ``dkd`` only in momentum and mask): GSNR momentum with the default ``stream``
+      estimator (a running estimate over steps, which reads the parameters' drift as noise too) and the tanh
+      allocation, and the dynamic top-K mask in its bucket form. On deepkd's CPU benchmark it does not beat DKD
+      (``docs/benchmarks.md``).
     - ``deepkd_paper``: the paper's description on the KD base: the published fixed deltas (task buffer at
       μ + δ_TOG = μ + 0.075) and the dynamic top-K mask. Its authors never ran this: their code runs the task buffer
       at the TCKD coefficient and never masks. With the literal renormalised mask it collapsed on 100 classes

@@ -35,6 +35,12 @@ def _bounds(name: str, value: float, bounds: dict[str, float | None]) -> None:
             raise ValueError(f"'{name}' must be {sym} {bound}: {value}")
 
 
+def _describe(what: str, bounds: dict[str, float | None]) -> str:
+    """The constraint in words, e.g. ``an integer >= 1``: the generated config reference reads it."""
+    limits = ", ".join(f"{_OPS[k][1]} {b}" for k, b in bounds.items() if b is not None)
+    return f"{what} {limits}" if limits else what
+
+
 def real(
     *, gt: float | None = None, ge: float | None = None, lt: float | None = None, le: float | None = None
 ) -> Callable[[Any, attrs.Attribute, Any], None]:  # type: ignore[type-arg]
@@ -47,6 +53,7 @@ def real(
             raise ValueError(f"'{attribute.name}' must be finite, got {value!r}")
         _bounds(attribute.name, value, {"gt": gt, "ge": ge, "lt": lt, "le": le})
 
+    check.__doc__ = _describe("a finite number", {"gt": gt, "ge": ge, "lt": lt, "le": le})
     return check
 
 
@@ -58,6 +65,7 @@ def integer(*, ge: int | None = None, lt: int | None = None) -> Callable[[Any, a
             raise TypeError(f"'{attribute.name}' must be an integer, got {value!r}")
         _bounds(attribute.name, value, {"ge": ge, "lt": lt})
 
+    check.__doc__ = _describe("an integer", {"ge": ge, "lt": lt})
     return check
 
 

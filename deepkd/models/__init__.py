@@ -1,4 +1,4 @@
-"""The deepkd model zoo: named classifier builders, all returning ``nn.Module``s whose forward gives logits.
+"""The deepkd model zoo: named classifier builders, each returning an ``nn.Module`` whose forward gives logits.
 
 >>> from deepkd.models import build_model, count_parameters
 >>> model = build_model("resnet8", num_classes=100)
