@@ -785,7 +785,7 @@ def fmt(value: float | None, digits: int = 2) -> str:
 def steps_markdown(results: list[dict[str, Any]]) -> list[str]:
     names = list(dict.fromkeys(k for r in results for k in r["variants"]))
     rounds = ", ".join(f"{r['setup']} {r['rounds']}×{r['steps_per_round']}" for r in results)
-    lines = [f"### Step time (ms / step, median over rounds × steps: {rounds}; timer: {results[0]['timer']})", ""]
+    lines = [f"## Step time (ms / step, median over rounds × steps: {rounds}; timer: {results[0]['timer']})", ""]
     lines += [f"- {r['setup']}: {r['describe']}" for r in results] + [""]
     lines += ["| variant | " + " | ".join(r["setup"] for r in results) + " |"]
     lines += ["| --- |" + " ---: |" * len(results)]
@@ -803,8 +803,8 @@ def steps_markdown(results: list[dict[str, Any]]) -> list[str]:
 
 def syncs_markdown(syncs: dict[str, Any]) -> list[str]:
     if "variants" not in syncs:
-        return ["### Syncs per step", "", syncs.get("skipped") or syncs.get("error", "n/a"), ""]
-    lines = [f"### Syncs per step ({syncs['setup']}, {syncs['steps']} steps after warm-up)", ""]
+        return ["## Syncs per step", "", syncs.get("skipped") or syncs.get("error", "n/a"), ""]
+    lines = [f"## Syncs per step ({syncs['setup']}, {syncs['steps']} steps after warm-up)", ""]
     lines += ["| variant | syncs / step | first sync at |", "| --- | ---: | --- |"]
     for name, row in syncs["variants"].items():
         where = row.get("error") or "<br>".join(row["first"]) or "–"
@@ -815,7 +815,7 @@ def syncs_markdown(syncs: dict[str, Any]) -> list[str]:
 def epochs_markdown(ep: dict[str, Any]) -> list[str]:
     pinned = ", pinned memory" if ep["pin_memory"] else ""
     lines = [
-        f"### Epoch time ({ep['teacher_student']}, batch {ep['batch']}, {ep['images']:,} synthetic CIFAR images)",
+        f"## Epoch time ({ep['teacher_student']}, batch {ep['batch']}, {ep['images']:,} synthetic CIFAR images)",
         "",
         f"CPU loader: {ep['cpu_loader_workers']} workers{pinned}. Each variant first runs an untimed epoch of "
         f'{ep["warmup_images"]} images. "epoch" is the whole fit (set-up and capture included); "steady" '
@@ -836,7 +836,7 @@ def epochs_markdown(ep: dict[str, Any]) -> list[str]:
 def markdown(report: dict[str, Any]) -> str:
     mc = report["machine"]
     lines = [
-        f"## GPU benchmark: {mc['gpu'] or mc['device']}, torch {mc['torch']}, CUDA {mc['cuda']}, "
+        f"# GPU benchmark: {mc['gpu'] or mc['device']}, torch {mc['torch']}, CUDA {mc['cuda']}, "
         f"deepkd {mc['deepkd']}, commit {(mc['git_commit'] or 'unknown')[:10]}{' (dirty)' if mc['git_dirty'] else ''}",
         "",
         f"`{mc['command']}`, {mc['date']}, {report['wall_s']:.0f} s",

@@ -6,9 +6,9 @@ cannot drift from the report it quotes (``tests/test_doc_tables.py`` fails when 
 
     python -m benchmarks.tables                  # check: exit status 1, naming each block that differs
     python -m benchmarks.tables --write          # rewrite every block from the committed report
-    python -m benchmarks.tables --publish DIR    # commit a finished long run (DIR from `nox -s bench -- --profile
-                                                 # long --out DIR`): its report.md, a slim accuracy.json and the
-                                                 # plots into docs/, then rewrite the blocks
+    python -m benchmarks.tables --publish DIR    # commit a finished long (or default) run, DIR from `nox -s bench
+                                                 # -- --profile long --out DIR`: its report.md, the plots and (long)
+                                                 # a slim accuracy.json into docs/, then rewrite the blocks
 """
 
 from __future__ import annotations
@@ -141,26 +141,31 @@ def slim(report: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def publish(run_dir: Path, root: Path = ROOT) -> None:
-    """Commit a finished long run: ``report.md`` (image paths into docs/img/long/), a slim ``accuracy.json`` and
-    the plots into docs/, then rewrite the blocks."""
+    """Commit a finished run of the long or the default profile: its ``report.md`` as
+    ``docs/bench-report-PROFILE.md`` (image paths into ``docs/img/PROFILE/``) and the plots; for the long profile
+    also a slim ``accuracy.json`` as ``docs/bench-report-long.json``, then the blocks rewritten from it."""
     report = json.loads((run_dir / "accuracy.json").read_text())
-    if report["meta"].get("profile") != "long":
-        raise ValueError(f"{run_dir} holds a {report['meta'].get('profile')!r} run, not the long profile")
-    images = root / "docs" / "img" / "long"
+    profile = report["meta"].get("profile")
+    if profile not in ("long", "default"):
+        raise ValueError(f"{run_dir} holds a {profile!r} run; only the long and default profiles are published")
+    images = root / "docs" / "img" / profile
     images.mkdir(parents=True, exist_ok=True)
     for png in sorted((run_dir / "plots").glob("*.png")):
         shutil.copyfile(png, images / png.name)
-    text = (run_dir / "report.md").read_text().replace("](plots/", "](img/long/")
-    (root / "docs" / "bench-report-long.md").write_text(text)
-    (root / "docs" / "bench-report-long.json").write_text(json.dumps(slim(report), indent=1, default=str) + "\n")
-    write(root, slim(report))
+    text = (run_dir / "report.md").read_text().replace("](plots/", f"](img/{profile}/")
+    (root / "docs" / f"bench-report-{profile}.md").write_text(text)
+    if profile == "long":
+        (root / "docs" / "bench-report-long.json").write_text(json.dumps(slim(report), indent=1, default=str) + "\n")
+        write(root, slim(report))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.tables", description=__doc__.splitlines()[0])
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--write", action="store_true", help="rewrite the blocks from the committed report")
-    action.add_argument("--publish", type=Path, metavar="DIR", help="commit a finished long run, then --write")
+    action.add_argument(
+        "--publish", type=Path, metavar="DIR", help="commit a finished long or default run (then --write)"
+    )
     args = parser.parse_args(argv)
     if args.publish:
         publish(args.publish)

@@ -411,7 +411,7 @@ def test_gpu_benchmark_quick_run_on_the_cpu(tmp_path):
     assert len(rows) == 12 and all(("epoch_s" in r) != ("error" in r) for r in rows)
     assert all(r["epoch_s"] > 0 and r["steps"] == 2 for r in rows if "[captured]" not in r["variant"])
     md = (out / "gpu.md").read_text()
-    assert "### Step time" in md and "### Syncs per step" in md and "### Epoch time" in md
+    assert "## Step time" in md and "## Syncs per step" in md and "## Epoch time" in md
 
 
 def test_the_operator_count_sees_what_a_step_dispatches_and_skips_views():

@@ -253,35 +253,8 @@ def _on_builder_inited(app: Any) -> None:
     write_pages(Path(app.srcdir) / "reference" / "generated")
 
 
-def _on_source_read(app: Any, docname: str, source: list[str]) -> None:
-    """Two known defects of the generated benchmark reports (``docs/bench-report-*.md``, written by ``benchmarks/``
-    and regenerated there, so not edited by hand): a report whose first heading is ``##`` gets a page title, and an
-    image path that does not exist (``plots/x.png``, docs-audit F1) is pointed at ``img/x.png`` when that exists.
-    Each fix is logged, so the build says what it papered over; remove this when the generator writes both right."""
-    if not docname.startswith("bench-report-"):
-        return
-    from sphinx.util import logging
-
-    log = logging.getLogger(__name__)
-    text = source[0]
-    if not re.search(r"^# ", text, re.M):
-        text = f"# Benchmark report: {docname.removeprefix('bench-report-')}\n\n{text}"
-        log.info(f"deepkd_reference: {docname}.md has no '#' title; one is added for the site")
-    srcdir = Path(app.srcdir)
-
-    def image(match: re.Match[str]) -> str:
-        path = match.group(2)
-        if (srcdir / path).exists() or not (srcdir / "img" / Path(path).name).exists():
-            return match.group(0)
-        log.info(f"deepkd_reference: {docname}.md links {path}, which does not exist; using img/{Path(path).name}")
-        return f"{match.group(1)}(img/{Path(path).name})"
-
-    source[0] = re.sub(r"(!\[[^\]]*\])\(([^)\s]+)\)", image, text)
-
-
 def setup(app: Any) -> dict[str, Any]:
     app.connect("builder-inited", _on_builder_inited)
-    app.connect("source-read", _on_source_read)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
 
 
