@@ -836,8 +836,10 @@ def epochs_markdown(ep: dict[str, Any]) -> list[str]:
 def markdown(report: dict[str, Any]) -> str:
     mc = report["machine"]
     lines = [
-        f"# GPU benchmark: {mc['gpu'] or mc['device']}, torch {mc['torch']}, CUDA {mc['cuda']}, "
-        f"deepkd {mc['deepkd']}, commit {(mc['git_commit'] or 'unknown')[:10]}{' (dirty)' if mc['git_dirty'] else ''}",
+        f"# GPU benchmark: {mc['gpu'] or mc['device']}",
+        "",
+        f"torch {mc['torch']}, CUDA {mc['cuda']}, deepkd {mc['deepkd']}, "
+        f"commit {(mc['git_commit'] or 'unknown')[:10]}{' (dirty)' if mc['git_dirty'] else ''}.",
         "",
         f"`{mc['command']}`, {mc['date']}, {report['wall_s']:.0f} s",
         "",
