@@ -20,34 +20,9 @@ import deepkd
 from deepkd.checkpoint import FORMAT, load_checkpoint
 from deepkd.cli import main
 from deepkd.logs import read_metrics
+from tests.test_cli import write_config  # the same small teacher and student runs as the CLI tests
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "reference" / "file-formats.md"
-
-CONFIG = """
-run_dir = "{run_dir}"
-seed = 1
-
-[recipe]
-loss = "{loss}"
-momentum = "gsnr"
-mask = "dynamic"
-
-[train]
-epochs = 1
-lr = 0.1
-schedule = "constant"
-progress = false
-log_every = 2
-
-[data]
-name = "synthetic"
-batch_size = 16
-options = {{ num_samples = 64, num_test_samples = 32, num_classes = 4, shape = [8] }}
-
-[student]
-name = "mlp"
-kwargs = {{ in_features = 8, hidden = [16] }}
-"""
 
 
 def documented_keys(heading: str) -> list[str]:
@@ -71,18 +46,10 @@ def lookup(data: Any, dotted: str) -> Any:
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("formats")
 
-    def config(name: str, loss: str, teacher: Path | None = None) -> str:
-        text = CONFIG.format(run_dir=(root / name).as_posix(), loss=loss)
-        if teacher is not None:
-            text += '\n[teacher]\nname = "mlp"\nkwargs = { in_features = 8, hidden = [16] }\n'
-            text += f'checkpoint = "{teacher.as_posix()}"\n'
-        path = root / f"{name}.toml"
-        path.write_text(text)
-        return str(path)
-
-    assert main(["train", config("teacher", "ce")]) == 0
-    assert main(["train", config("student", "dkd", root / "teacher" / "student.pt")]) == 0
-    return root / "student"
+    assert main(["train", str(write_config(root, "teacher", "ce"))]) == 0
+    teacher = (root / "runs" / "teacher" / "student.pt").as_posix()
+    assert main(["train", str(write_config(root, "student", "dkd", teacher))]) == 0
+    return root / "runs" / "student"
 
 
 def test_the_documented_metrics_keys_are_in_a_real_metrics_file(run_dir: Path) -> None:
