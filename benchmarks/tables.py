@@ -76,23 +76,23 @@ GENERATORS: dict[str, Callable[[Mapping[str, Any]], str]] = {
 BLOCKS: dict[str, tuple[str, ...]] = {"README.md": ("headline", "questions"), "docs/benchmarks.md": ("long",)}
 
 
-def _pattern(name: str) -> re.Pattern[str]:
-    return re.compile(
-        rf"(<!-- begin: benchmarks\.tables {name} -->\n)(.*?)(<!-- end: benchmarks\.tables {name} -->)", re.S
-    )
+def _pattern(name: str, owner: str) -> re.Pattern[str]:
+    tag = re.escape(f"{owner} {name}")
+    return re.compile(rf"(<!-- begin: {tag} -->\n)(.*?)(<!-- end: {tag} -->)", re.S)
 
 
-def block(text: str, name: str) -> str | None:
-    """The text between ``name``'s markers in ``text`` (None when the markers are absent)."""
-    match = _pattern(name).search(text)
+def block(text: str, name: str, owner: str = "benchmarks.tables") -> str | None:
+    """The text between ``name``'s markers in ``text`` (None when the markers are absent). ``owner`` is the module
+    that generates the block, the first word of its markers."""
+    match = _pattern(name, owner).search(text)
     return None if match is None else match.group(2)
 
 
-def replace(text: str, name: str, body: str) -> str:
+def replace(text: str, name: str, body: str, owner: str = "benchmarks.tables") -> str:
     """``text`` with ``name``'s block holding ``body``; a :class:`KeyError` when the markers are absent."""
-    if block(text, name) is None:
-        raise KeyError(f"no '<!-- begin: benchmarks.tables {name} -->' ... '<!-- end: ... -->' markers")
-    return _pattern(name).sub(lambda m: m.group(1) + body.rstrip("\n") + "\n" + m.group(3), text, count=1)
+    if block(text, name, owner) is None:
+        raise KeyError(f"no '<!-- begin: {owner} {name} -->' ... '<!-- end: {owner} {name} -->' markers")
+    return _pattern(name, owner).sub(lambda m: m.group(1) + body.rstrip("\n") + "\n" + m.group(3), text, count=1)
 
 
 def load_report(path: Path = REPORT) -> dict[str, Any]:
