@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,6 +25,7 @@ from deepkd.distributed import rank as get_rank
 from deepkd.errors import CheckpointError, ConfigError
 
 __all__ = [
+    "busy_cores",
     "choose_threads",
     "get_rank",  # deepkd.distributed.rank, at its earlier import path
     "is_main_process",  # deepkd.distributed.is_main_process, likewise
@@ -102,6 +104,44 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator | None = Non
         raise CheckpointError(f"the saved random-number-generator state is malformed: {exc!r}") from None
 
 
+def busy_cores(window: float = 0.3) -> float:
+    """How many cores other processes keep busy now: the CPU time of the cores this process may use over ``window``
+    seconds (Linux's ``/proc/stat``) less this process's own (``/proc/self/stat``), in cores. Elsewhere the load
+    average of the last minute (``os.getloadavg``), or 0.
+
+    Measured now rather than read from the load average because that average lags: for a minute after a run ends it
+    still counts the run, and the next command (a student right after its teacher) would take a busy machine for an
+    idle one's half.
+    """
+    try:
+        before = _cpu_ticks()
+        start = time.monotonic()
+        time.sleep(window)
+        after = _cpu_ticks()
+        elapsed = time.monotonic() - start
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    others = (after[0] - before[0]) - (after[1] - before[1])
+    return max(others / os.sysconf("SC_CLK_TCK") / elapsed, 0.0)
+
+
+def _cpu_ticks() -> tuple[int, int]:
+    """(busy ticks of the cores this process may run on, ticks of this process): Linux's ``/proc/stat`` and
+    ``/proc/self/stat``."""
+    mine = {f"cpu{i}" for i in os.sched_getaffinity(0)} if hasattr(os, "sched_getaffinity") else None
+    busy = 0
+    with open("/proc/stat") as f:
+        for line in f:
+            name, *values = line.split()
+            if not name.startswith("cpu") or name == "cpu" or (mine is not None and name not in mine):
+                continue
+            ticks = [int(v) for v in values[:8]]  # user nice system idle iowait irq softirq steal
+            busy += sum(ticks) - ticks[3] - ticks[4]
+    with open("/proc/self/stat") as f:
+        own = f.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    return busy, int(own[11]) + int(own[12])  # utime, stime
+
+
 def choose_threads(
     requested: int | None,
     device: torch.device,
@@ -118,11 +158,12 @@ def choose_threads(
     parallel operations then waits for threads the system has given to someone else: a tiny model's step measured
     130 ms with torch's default threads and 2 ms with one. So: ``requested`` threads when set; the environment's when
     ``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS`` is set (torch follows it); else, on the CPU, the cores this process
-    may use (shared by the ``processes`` a launcher started on this node) less the load of the last minute (``os
-    .getloadavg``), at least one. On a GPU the host's threads only feed it: torch's choice stays.
+    may use (shared by the ``processes`` a launcher started on this node) less those other processes keep busy now
+    (``load``, measured by :func:`busy_cores` when not given), rounded, at least one. On a GPU the host's threads only
+    feed it: torch's choice stays.
 
     >>> choose_threads(None, torch.device("cpu"), cores=2, load=1.9, env={})
-    (1, 'the machine is busy: load 1.9 on 2 cores')
+    (1, 'the machine is busy: others use 1.9 of 2 cores')
     >>> choose_threads(None, torch.device("cpu"), cores=8, load=0.2, env={})
     (8, '8 cores free')
     >>> choose_threads(3, torch.device("cpu"))
@@ -139,10 +180,10 @@ def choose_threads(
     if cores is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if load is None:
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        load = busy_cores()
     share = max(cores // max(processes, 1), 1)
     free = max(math.floor(cores - load + 0.5), 1)
     threads = max(min(share, free), 1)
     if threads < share:
-        return threads, f"the machine is busy: load {load:.2g} on {cores} cores"
+        return threads, f"the machine is busy: others use {load:.2g} of {cores} cores"
     return threads, f"{threads} cores free" + (f" for each of {processes} processes" if processes > 1 else "")

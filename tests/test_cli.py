@@ -264,11 +264,11 @@ def test_the_start_up_says_what_it_does_and_the_teacher_cache_shows_progress(tmp
 
 
 def test_threads_are_chosen_for_a_busy_machine_and_said(tmp_path, capsys, monkeypatch):
-    import os
+    import deepkd.utils
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
-    monkeypatch.setattr(os, "getloadavg", lambda: (64.0, 64.0, 64.0))  # every core taken by others
+    monkeypatch.setattr(deepkd.utils, "busy_cores", lambda: 64.0)  # every core taken by others
     before = torch.get_num_threads()
     try:
         assert main(["train", str(write_config(tmp_path)), "train.progress=true"]) == 0
@@ -276,11 +276,36 @@ def test_threads_are_chosen_for_a_busy_machine_and_said(tmp_path, capsys, monkey
     finally:
         torch.set_num_threads(before)
     err = capsys.readouterr().err
-    assert "deepkd: 1 CPU thread for torch (the machine is busy: load 64 on " in err
+    assert "deepkd: 1 CPU thread for torch (the machine is busy: others use 64 of " in err
     assert "set train.threads to choose" in err
     saved = cfg.structure(__import__("tomllib").loads((tmp_path / "runs" / "student" / "config.toml").read_text()),
                           ExperimentConfig)  # fmt: skip
     assert saved.train.threads == 1  # kept for a resume, which must continue with the same arithmetic
+
+
+def test_busy_cores_counts_other_processes_now_and_not_this_one(monkeypatch):
+    import deepkd.utils
+
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        assert deepkd.utils.busy_cores(window=0.5) >= 0.5  # another process spinning on one core is seen now
+    finally:
+        spinner.kill()
+        spinner.wait()
+    # the arithmetic: the cores' busy ticks less this process's own, over the window in clock ticks
+    ticks = iter([(1000, 50), (1000 + 60, 50 + 30)])
+    monkeypatch.setattr(deepkd.utils, "_cpu_ticks", lambda: next(ticks))
+    monkeypatch.setattr(deepkd.utils.time, "sleep", lambda s: None)
+    clock = iter([0.0, 0.3])
+    monkeypatch.setattr(deepkd.utils.time, "monotonic", lambda: next(clock))
+    assert deepkd.utils.busy_cores() == pytest.approx(30 / __import__("os").sysconf("SC_CLK_TCK") / 0.3)
+
+    def no_proc():
+        raise OSError("no /proc")
+
+    monkeypatch.setattr(deepkd.utils, "_cpu_ticks", no_proc)
+    monkeypatch.setattr(deepkd.utils.os, "getloadavg", lambda: (1.5, 0.0, 0.0))
+    assert deepkd.utils.busy_cores() == 1.5  # elsewhere: the last minute's load average
 
 
 def test_the_presets_import_wherever_deepkd_is_installed(tmp_path):
