@@ -74,3 +74,75 @@ def test_the_committed_copy_drops_only_the_traces():
     assert all("trace" not in r for r in small["runs"] + small["selection"])
     assert [r["final_top1"] for r in small["runs"]] == [r["final_top1"] for r in report["runs"]]
     assert tables.long(small) == tables.long(report)
+
+
+# docs/training.md's first-run output and table, README's time sentence: generated from docs/first-run.json
+
+
+def _first_run_record() -> dict:
+    from benchmarks import first_run
+
+    runs = []
+    for i, (label, name, args) in enumerate(first_run.RUNS):
+        stderr = (
+            "deepkd: reading the fashion_mnist data set\nepoch 1/3  loss 1.0\n" if name == first_run.SHOWN else None
+        )
+        runs.append(
+            {"label": label, "name": name, "command": "deepkd " + " ".join(args), "wall_s": 60.0 + i,
+             "epoch_time": [10.0, 10.04, 11.0], "test_top1": [0.8, 0.85, 0.87 + i / 1000], "stderr": stderr}
+        )  # fmt: skip
+    machine = {"deepkd": "0.3.0", "torch": "2.14.1", "cores": 2, "cpu_model": "a CPU"}
+    return {"git_commit": "abcdef0123", "git_dirty": False, "date": "2026-12-05T12:00:00+00:00", "machine": machine,
+            "load_at_start": 0.4, "load_at_end": 1.9, "runs": runs,
+            "eval": {"command": "deepkd eval x/best.pt", "stdout": "student tiny_cnn: top-1 87.00%\n"}}  # fmt: skip
+
+
+def _first_run_docs(root, record) -> None:
+    from benchmarks import first_run
+
+    (root / "docs").mkdir()
+    for file, names in first_run.BLOCKS.items():
+        body = "".join(
+            f"<!-- begin: {first_run.OWNER} {n} -->\nold\n<!-- end: {first_run.OWNER} {n} -->\n" for n in names
+        )
+        (root / file).write_text(f"# {file}\n\nprose before\n\n{body}\nprose after\n")
+    first_run.write(root, record)
+
+
+def test_the_committed_first_run_blocks_agree_with_the_committed_record():
+    from benchmarks import first_run
+
+    assert first_run.RECORD.exists(), "docs/first-run.json is missing: python -m benchmarks.first_run --run"
+    assert first_run.stale() == []
+    record = first_run.load()
+    assert [r["name"] for r in record["runs"]] == [name for _, name, _ in first_run.RUNS]
+    assert all(len(r["test_top1"]) == 3 for r in record["runs"])  # the configs' 3 epochs, each one recorded
+
+
+def test_the_first_run_blocks_show_the_record_and_go_stale_when_it_changes(tmp_path):
+    from benchmarks import first_run
+
+    record = _first_run_record()
+    _first_run_docs(tmp_path, record)
+    page = (tmp_path / "docs" / "training.md").read_text()
+    assert "| student `tiny_cnn`, DeepKD | 10.0–11.0 s | 87.10% | 61 s |" in page
+    assert "epoch 1/3  loss 1.0" in page and "$ deepkd eval x/best.pt\nstudent tiny_cnn: top-1 87.00%" in page
+    assert "commit abcdef0" in page and "load 0.4 at the start and 1.9 at the end" in page
+    assert "the teacher took 1.0 minutes and a student 1.0–1.1 minutes" in (tmp_path / "README.md").read_text()
+    assert first_run.stale(tmp_path, record) == []
+    record["runs"][2]["test_top1"][-1] = 0.5  # KD's last epoch
+    assert first_run.stale(tmp_path, record) == ["docs/training.md: table"]
+    record["eval"]["stdout"] = "other\n"
+    record["runs"][0]["wall_s"] = 300.0
+    assert set(first_run.stale(tmp_path, record)) == {
+        "docs/training.md: table",
+        "docs/training.md: eval",
+        "README.md: times",
+    }
+
+
+def test_the_first_run_commands_name_configs_that_exist():
+    from benchmarks import first_run
+
+    for _, _, args in first_run.RUNS:
+        assert (first_run.ROOT / args[1]).is_file(), args
