@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import random
+import re
+from pathlib import Path
 
 import pytest
 
@@ -146,3 +148,38 @@ def test_the_first_run_commands_name_configs_that_exist():
 
     for _, _, args in first_run.RUNS:
         assert (first_run.ROOT / args[1]).is_file(), args
+
+
+# docs/benchmarks.md's CPU speed table: quoted by hand from docs/bench-report-default.md, checked against it here
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+THREE_DECIMALS = re.compile(r"(?<![\d.])\d+\.\d{3}(?![\d.])")
+# the table's rows and the report's setups (its "### small (cpu): ..." headings)
+SPEED_SETUPS = {"small CNN": "small", "CIFAR pair": "cifar", "ResNet18": "resnet18"}
+
+
+def _cpu_speed_table() -> list[list[str]]:
+    page = (DOCS / "benchmarks.md").read_text(encoding="utf-8")
+    section = page.split("\n## Speed\n", 1)[1].split("\n## Speed on a GPU", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
+
+
+def _ms_per_step(report: str, setup: str) -> dict[str, float]:
+    block = report.split(f"\n### {setup} (cpu):", 1)[1].split("\n### ", 1)[0]
+    rows = re.findall(r"^\| (.+?) \| \d* \| ([\d.]+) \| [\d.]+ \|$", block, flags=re.M)
+    return {name: float(ms) for name, ms in rows}
+
+
+def test_the_cpu_speed_table_quotes_the_committed_default_report():
+    report = (DOCS / "bench-report-default.md").read_text(encoding="utf-8")
+    header, _, *rows = _cpu_speed_table()
+    assert [row[0] for row in rows] == list(SPEED_SETUPS)
+    quoted = [n for row in rows for cell in row[1:] for n in THREE_DECIMALS.findall(cell)]
+    assert len(quoted) == 3 * 7  # the report's own ratios: seven a setup (two columns hold two)
+    assert [n for n in quoted if n not in set(THREE_DECIMALS.findall(report))] == []
+    # the one derived column: deepkd_fixed / official pattern from the report's ms / step rows
+    derived = header.index("fixed (2 products) / official pattern")
+    for row in rows:
+        ms = _ms_per_step(report, SPEED_SETUPS[row[0]])
+        assert row[derived] == f"{ms['deepkd_fixed'] / ms['official pattern']:.2f}", row[0]
