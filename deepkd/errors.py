@@ -16,6 +16,7 @@ __all__ = [
     "DataError",
     "DeepKDError",
     "InputError",
+    "InstallError",
     "NonFiniteLossError",
     "UnknownStrategyError",
 ]
@@ -76,3 +77,8 @@ class CheckpointError(DeepKDError, ValueError):
 
 class DataError(DeepKDError, FileNotFoundError):
     """A data set is missing or malformed; the message says how to get it."""
+
+
+class InstallError(DeepKDError, ImportError):
+    """A dependency is missing or installed in a build that does not work with the others (torch and torchvision
+    from different releases or indexes); the message says what to reinstall."""

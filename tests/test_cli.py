@@ -308,6 +308,27 @@ def test_busy_cores_counts_other_processes_now_and_not_this_one(monkeypatch):
     assert deepkd.utils.busy_cores() == 1.5  # elsewhere: the last minute's load average
 
 
+def test_a_torchvision_built_for_another_torch_is_reported_with_the_command_that_fixes_it(tmp_path):
+    import os
+
+    fake = tmp_path / "torchvision" / "models"
+    fake.mkdir(parents=True)
+    (fake.parent / "__init__.py").write_text("")
+    # what a torchvision built for another torch does as it registers its operators
+    (fake / "__init__.py").write_text("raise RuntimeError('operator torchvision::nms does not exist')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "deepkd", "train", "any.toml"], capture_output=True, text=True,
+                            env=env, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"does not work with torch {torch.__version__} (RuntimeError: operator torchvision::nms does not exist)" \
+        in result.stderr  # fmt: skip
+    assert "pip install --force-reinstall 'torch==" in result.stderr
+    library = subprocess.run([sys.executable, "-c", "import deepkd.models"], capture_output=True, text=True, env=env,
+                             cwd=tmp_path)  # fmt: skip
+    assert "deepkd.errors.InstallError: torchvision" in library.stderr  # an ImportError a library user can catch
+
+
 def test_the_presets_import_wherever_deepkd_is_installed(tmp_path):
     code = (
         "from deepkd import presets; import importlib.util as u; "

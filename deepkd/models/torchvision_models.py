@@ -17,10 +17,9 @@ from typing import Any
 from urllib.parse import urlparse
 
 import torch
-import torchvision.models as tvm  # type: ignore[import-untyped, unused-ignore]
 from torch import nn
 
-from deepkd.errors import CheckpointError, ConfigError
+from deepkd.errors import CheckpointError, ConfigError, InstallError
 from deepkd.models._registry import register_model
 
 __all__ = [
@@ -31,6 +30,33 @@ __all__ = [
     "pretrained_state_dict",
     "pretrained_url",
 ]
+
+
+def _torchvision_mismatch(exc: BaseException) -> str:
+    """Why torchvision would not import, and the pip command that installs a torchvision that works with torch."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    base = torch.__version__.split("+")[0]
+    major, minor = (int(v) for v in base.split(".")[:2])
+    vision = f"'torchvision==0.{minor + 15}.*'" if major == 2 else "torchvision"  # torch 2.N pairs with 0.(N+15)
+    index = " --index-url https://download.pytorch.org/whl/cpu" if "+cpu" in torch.__version__ else ""
+    try:
+        installed = version("torchvision")
+    except PackageNotFoundError:
+        return f"torchvision is not installed: pip install {vision}{index} (the build released with torch {base})"
+    return (
+        f"torchvision {installed} does not work with torch {torch.__version__} ({type(exc).__name__}: {exc}): the "
+        "two must be builds made for each other, the same release pair (torch 2.N with torchvision 0.(N+15)) from "
+        f"the same index (CPU builds with CPU builds); reinstall both in one command: pip install --force-reinstall "
+        f"'torch=={base}' {vision}{index}"
+    )
+
+
+try:
+    import torchvision.models as tvm  # type: ignore[import-untyped, unused-ignore]
+except (ImportError, RuntimeError) as _exc:  # a torchvision built for another torch fails as it registers operators
+    raise InstallError(_torchvision_mismatch(_exc)) from _exc
+
 
 #: registered name -> torchvision builder name
 TORCHVISION_MODELS: dict[str, str] = {
