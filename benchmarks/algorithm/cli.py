@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from benchmarks import provenance
 from benchmarks.algorithm import cliff, collapse, common, estimator
 
 CHECKS: dict[str, Callable[[bool], tuple[dict[str, Any], str]]] = {
@@ -29,11 +30,11 @@ def main(argv: Sequence[str] | None = None) -> tuple[Path, Path]:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    start = time.perf_counter()
+    start, origin = time.perf_counter(), provenance.provenance()  # the code that runs is the commit checked out now
     result, body = CHECKS[args.check](args.quick)
     seconds = time.perf_counter() - start
     result["seconds"] = round(seconds, 1)
     body += f"\n\nThe check took {seconds:.0f} s."
-    paths = common.write(args.out, args.check, args.quick, result, body)
+    paths = common.write(args.out, args.check, args.quick, result, body, origin)
     common.log(f"{args.check}: {seconds:.0f} s; wrote {paths[0]} and {paths[1]}")
     return paths

@@ -222,12 +222,15 @@ def pct(x: float | None, digits: int = 1) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f} %"
 
 
-def write(out: Path, check: str, quick: bool, result: dict[str, Any], body: str) -> tuple[Path, Path]:
+def write(
+    out: Path, check: str, quick: bool, result: dict[str, Any], body: str, origin: dict[str, Any] | None = None
+) -> tuple[Path, Path]:
     """Write ``<check>[-quick].json`` (the result, where it comes from and the machine) and ``.md`` (``body`` under a
-    heading, then the provenance lines) into ``out``."""
+    heading, then the provenance lines) into ``out``. ``origin``: :func:`benchmarks.provenance.provenance` taken when
+    the check started (the commit whose code ran), else now."""
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{check}-quick" if quick else check
-    origin, mc = provenance.provenance(), provenance.machine()
+    origin, mc = origin or provenance.provenance(), provenance.machine()
     payload = {"check": check, "quick": quick, "provenance": origin, "machine": mc, **result}
     jpath, mpath = out / f"{stem}.json", out / f"{stem}.md"
     jpath.write_text(json.dumps(payload, indent=2, default=_plain) + "\n")
