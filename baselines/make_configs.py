@@ -357,8 +357,9 @@ def _cifar_paragraphs(pair: CifarPair, method: str, recipe: deepkd.Recipe) -> li
             f"{title}, DeepKD as the paper (arXiv 2505.15133) describes it, KD-based: the published fixed momentum "
             "deltas (task buffer at mu + delta_TOG) and the dynamic top-K mask, "
             f"{lr}. Its authors never ran this: their code runs the task buffer at the TCKD coefficient and never "
-            "masks (see deepkd_official.toml). With the literal renormalised mask it collapsed on 100 classes; the "
-            "mask here is the bucket form, with which it trains.",
+            "masks (see deepkd_official.toml). With the literal renormalised mask and deepkd 0.1.0's per-epoch K "
+            "schedule it collapsed on a 100-class benchmark (12 % where KD reached 33 %: "
+            "docs/bench-report-default-0.1.0.md); the mask here is the bucket form, with which it trains.",
             _deepkd_source(pair, recipe),
         ]
     if method == "deepkd_official":
@@ -473,8 +474,9 @@ def _imagenet_paragraphs(pair: ImagenetPair, method: str, recipe: deepkd.Recipe)
             f"{title}, DeepKD as the paper (arXiv 2505.15133) describes it, KD-based: the published fixed momentum "
             "deltas (task buffer at mu + delta_TOG) and the dynamic top-K mask. Its authors never ran this: their "
             "code runs the task buffer at the TCKD coefficient and never masks (see deepkd_official.toml). With the "
-            "literal renormalised mask it collapsed on 100 classes; the mask here is the bucket form, with which it "
-            "trains.",
+            "literal renormalised mask and deepkd 0.1.0's per-epoch K schedule it collapsed on a 100-class benchmark "
+            "(12 % where KD reached 33 %: docs/bench-report-default-0.1.0.md); the mask here is the bucket form, with "
+            "which it trains.",
             deepkd_source,
         ]
     if method == "deepkd_official":

@@ -196,8 +196,9 @@ def cifar100(method: str, teacher: str = "resnet32x4", student: str = "resnet8x4
       (``docs/benchmarks.md``).
     - ``deepkd_paper``: the paper's description on the KD base: the published fixed deltas (task buffer at
       μ + δ_TOG = μ + 0.075) and the dynamic top-K mask. Its authors never ran this: their code runs the task buffer
-      at the TCKD coefficient and never masks. With the literal renormalised mask it collapsed on 100 classes
-      (12 % where KD reached 33 %), so the preset uses the mask's bucket form, with which it trains.
+      at the TCKD coefficient and never masks. With the literal renormalised mask and deepkd 0.1.0's per-epoch K
+      schedule it collapsed on a 100-class benchmark (12 % where KD reached 33 %: ``docs/bench-report-default-0.1.0
+      .md``), so the preset uses the mask's bucket form, with which it trains.
     - ``deepkd_official``: the official code's behaviour, for reproducing the published numbers: its NCKD split
       (distillation weight 1), its weight-decay placement and update order, no mask.
     - ``deepkd_dkd_official``: the official code on the DKD base (the paper's "DKD+Ours" rows): DKD's loss split as
