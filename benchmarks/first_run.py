@@ -129,7 +129,9 @@ def table(record: Mapping[str, Any]) -> str:
     ]
     for r in record["runs"]:
         lines.append(f"| {r['label']} | {_span(r['epoch_time'])} | {_pct(r['test_top1'][-1])} | {r['wall_s']:.0f} s |")
-    return "\n".join(lines) + "\n\n" + source(record)
+    # a row without a config of its own says which command it is (the others are the commands above)
+    commands = [f"{r['label']}: `{r['command']}`." for r in record["runs"] if len(r["command"].split()) > 3]
+    return "\n".join(lines) + "\n\n" + " ".join([*commands, source(record)])
 
 
 def log(record: Mapping[str, Any]) -> str:
