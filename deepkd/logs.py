@@ -30,6 +30,7 @@ from deepkd.atomic import save_text_atomic, write_failure
 from deepkd.callbacks import Callback, TrainerView
 from deepkd.distributed import is_main_process
 from deepkd.errors import ConfigError
+from deepkd.masks import NoMask
 from deepkd.progress import Progress
 
 if TYPE_CHECKING:
@@ -189,7 +190,11 @@ class ProgressBar(Callback):
             return
         info: dict[str, Any] = {}
         if self.progress.shown and trainer.global_step % trainer.config.log_every == 0:  # reading waits for the device
-            info = {"loss": f"{out.loss:.4f}", "k": out.k, "lr": f"{trainer.last_lr:.3g}"}
+            info = {
+                "loss": f"{out.loss:.4f}",
+                **({"k": out.k} if _masks(trainer) else {}),
+                "lr": f"{trainer.last_lr:.3g}",
+            }
         self.progress.update(**info)
 
     def on_epoch_end(self, trainer: TrainerView, metrics: dict[str, Any]) -> None:
@@ -199,10 +204,11 @@ class ProgressBar(Callback):
         if self.enabled is False:
             return
         best = trainer.history.best_top1
+        mask = f"K {metrics['k']} {metrics['phase']}  " if _masks(trainer) else ""  # a run without a mask: no K
         tqdm.write(
             f"epoch {metrics['epoch']}/{trainer.config.epochs}  loss {metrics['loss']['total']:.4f}  "
             f"train {_pct(metrics['train_top1'])}  test {_pct(metrics.get('test_top1'))} (best {_pct(best)})  "
-            f"lr {metrics['lr']:.3g}  K {metrics['k']} {metrics['phase']}  {metrics['time']:.1f}s",
+            f"lr {metrics['lr']:.3g}  {mask}{metrics['time']:.1f}s",
             file=sys.stderr,
         )
 
@@ -229,3 +235,8 @@ def loggers(config: TrainConfig, run_dir: str | os.PathLike[str] | None) -> list
         if config.tensorboard:
             callbacks.append(TensorBoardLogger(run_dir, config.log_every))
     return callbacks
+
+
+def _masks(trainer: TrainerView) -> bool:
+    """Whether the run's recipe masks NCKD (its lines then show K and the phase)."""
+    return not isinstance(getattr(getattr(trainer.optimizer, "recipe", None), "mask", None), NoMask)

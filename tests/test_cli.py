@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -261,6 +262,16 @@ def test_the_start_up_says_what_it_does_and_the_teacher_cache_shows_progress(tmp
         "epoch 1/1  loss",
     ):
         assert expected in err, (expected, err)
+
+
+def test_the_epoch_line_shows_k_only_for_a_recipe_that_masks(tmp_path, capsys):
+    path = write_config(tmp_path)
+    assert main(["train", str(path), "train.progress=true", "recipe.mask=none"]) == 0
+    unmasked = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch 1/1  loss")]
+    assert len(unmasked) == 1 and " K " not in unmasked[0], unmasked  # nothing is masked: K would say nothing
+    assert main(["train", str(path), "train.progress=true", f"run_dir={tmp_path / 'masked'}"]) == 0
+    masked = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch 1/1  loss")]
+    assert len(masked) == 1 and re.search(r"  K \d+ (easy|transition|hard)  ", masked[0]), masked
 
 
 def test_threads_are_chosen_for_a_busy_machine_and_said(tmp_path, capsys, monkeypatch):
