@@ -74,7 +74,8 @@ def report_header(
 
 
 def _accuracy_section(out: Path) -> str:
-    plots = "\n\n![test accuracy per epoch](plots/accuracy.png)\n"
+    plots = "\n\n![test top-1 of each method (per epoch, or after the last epoch where only that was evaluated)]"
+    plots += "(plots/accuracy.png)\n"
     if (out / "plots" / "dynamics.png").exists():
         plots += "\n![K, momenta and GSNR of the DeepKD rows](plots/dynamics.png)\n"
     return "## Accuracy\n\n" + (out / "accuracy.md").read_text() + plots

@@ -7,8 +7,9 @@ cannot drift from the report it quotes (``tests/test_doc_tables.py`` fails when 
     python -m benchmarks.tables                  # check: exit status 1, naming each block that differs
     python -m benchmarks.tables --write          # rewrite every block from the committed report
     python -m benchmarks.tables --publish DIR    # commit a finished long (or default) run, DIR from `nox -s bench
-                                                 # -- --profile long --out DIR`: its report.md, the plots and (long)
-                                                 # a slim accuracy.json into docs/, then rewrite the blocks
+                                                 # -- --profile long --out DIR`: its report.md, the plots it shows
+                                                 # and (long) a slim accuracy.json into docs/, then rewrite the blocks
+    python -m benchmarks.tables --plots          # redraw the long report's accuracy figures from its JSON
 """
 
 from __future__ import annotations
@@ -150,13 +151,39 @@ def publish(run_dir: Path, root: Path = ROOT) -> None:
         raise ValueError(f"{run_dir} holds a {profile!r} run; only the long and default profiles are published")
     images = root / "docs" / "img" / profile
     images.mkdir(parents=True, exist_ok=True)
-    for png in sorted((run_dir / "plots").glob("*.png")):
-        shutil.copyfile(png, images / png.name)
-    text = (run_dir / "report.md").read_text().replace("](plots/", f"](img/{profile}/")
+    text = (run_dir / "report.md").read_text()
+    # the figures the report shows, and the long profile's validation figure, which README shows
+    shown = set(re.findall(r"\]\(plots/([\w.-]+\.png)\)", text)) | ({"validation.png"} if profile == "long" else set())
+    for old in images.glob("*.png"):  # an earlier run's figures: none may stay beside this run's report
+        old.unlink()
+    for name in sorted(shown):
+        if (run_dir / "plots" / name).is_file():
+            shutil.copyfile(run_dir / "plots" / name, images / name)
+    text = text.replace("](plots/", f"](img/{profile}/")
     (root / "docs" / f"bench-report-{profile}.md").write_text(text)
     if profile == "long":
         (root / "docs" / "bench-report-long.json").write_text(json.dumps(slim(report), indent=1, default=str) + "\n")
         write(root, slim(report))
+
+
+def replot(root: Path = ROOT) -> list[Path]:
+    """Redraw the long report's test and validation figures (``docs/img/long/accuracy.png``, ``validation.png``) from
+    ``docs/bench-report-long.json``: they need only the runs' accuracies, which the committed JSON keeps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from benchmarks.accuracy.plots import Canvas, curves_plot
+
+    report = load_report(root / "docs" / "bench-report-long.json")
+    canvas = Canvas(report["runs"], root / "docs" / "img" / "long", plt)
+    paths = [
+        curves_plot(canvas, "test_top1", "Test top-1 per epoch", "test top-1 (%)", "accuracy.png"),
+        curves_plot(canvas, "val_top1", "Validation top-1 per epoch", "validation top-1 (%)", "validation.png"),
+    ]
+    plt.close("all")
+    return paths
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,9 +193,16 @@ def main(argv: list[str] | None = None) -> int:
     action.add_argument(
         "--publish", type=Path, metavar="DIR", help="commit a finished long or default run (then --write)"
     )
+    action.add_argument(
+        "--plots", action="store_true", help="redraw the long report's accuracy figures from its committed JSON"
+    )
     args = parser.parse_args(argv)
     if args.publish:
         publish(args.publish)
+        return 0
+    if args.plots:
+        for path in replot():
+            print(path)
         return 0
     if args.write:
         write()

@@ -18,8 +18,9 @@ variance. Two estimators:
   smoothed over successive estimates with a bias-corrected moving average; nothing per coordinate is stored.
 - ``stream``: moving averages of :math:`g` and :math:`g^2` over the mini-batch gradients of every step, on a fixed
   random subset of coordinates (``subsampled``) or all of them. The parameters move between those gradients, so
-  this reads the drift of the gradient along the trajectory as noise: measured on a small CNN, its NCKD GSNR read
-  0.008 where 400 batches at frozen parameters gave 1.30, with a floor near 0.02. Even so, it is the default of
+  this reads the drift of the gradient along the trajectory as noise: in ``python -m benchmarks.algorithm
+  estimator`` (``docs/algorithm-checks/estimator.md``) its NCKD GSNR read 0.014 mid-run where 400 batches at the
+  same, frozen parameters gave 5.5, its floor being near 0.01. Even so, it is the default of
   :class:`~deepkd.momentum.GSNR`: it won on validation accuracy in the long benchmark (``docs/benchmarks.md``).
 
 Stream subsampling is stratified per tensor: tensor :math:`p` with :math:`n_p` coordinates contributes

@@ -135,15 +135,15 @@ def _flatten(record: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str,
 
 class TensorBoardLogger(Callback):
     """Writes every numeric entry of the step and epoch records as TensorBoard scalars (``loss/tckd``,
-    ``momentum/nckd``, ``epoch/test_top1``...). Needs the ``tensorboard`` package (``pip install
-    'deepkd[tensorboard]'``); it is imported when the logger is made."""
+    ``momentum/nckd``, ``epoch/test_top1``...). Needs the ``tensorboard`` package (``pip install tensorboard``, or
+    ``pip install -e '.[tensorboard]'`` in deepkd's clone); it is imported when the logger is made."""
 
     def __init__(self, run_dir: str | os.PathLike[str], log_every: int = 50) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise ConfigError(
-                "tensorboard = true needs the tensorboard package: pip install 'deepkd[tensorboard]' "
+                "tensorboard = true needs the tensorboard package: pip install tensorboard "
                 "(or set train.tensorboard = false) @ $.train.tensorboard"
             ) from None
         self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))

@@ -53,7 +53,10 @@ class Canvas:
 
 
 def curves_plot(c: Canvas, key: str, title: str, ylabel: str, filename: str) -> Path:
-    """A per-epoch curve (``key`` of each run) of every method, mean over seeds."""
+    """A per-epoch curve (``key`` of each run) of every method, mean over seeds; where the runs were evaluated after
+    their last epoch only (``evaluate = "final"``), each method's figure instead (:func:`final_plot`)."""
+    if all(len(r.get(key) or ()) <= 1 for r in c.runs):
+        return final_plot(c, key, ylabel.replace(" (%)", "") + " after the last epoch", filename)
     fig, axes = c.grid(title)
     for ax, dataset in zip(axes, c.datasets):
         for method in dict.fromkeys(r["method"] for r in c.runs if r["dataset"] == dataset):
@@ -66,6 +69,27 @@ def curves_plot(c: Canvas, key: str, title: str, ylabel: str, filename: str) -> 
         ax.set(title=dataset, xlabel="epoch", ylabel=ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
+    return _save(fig, c.out / filename)
+
+
+def final_plot(c: Canvas, key: str, what: str, filename: str) -> Path:
+    """Each method's ``key`` after its last epoch, one row per method: every seed a dot, the mean ± standard deviation
+    over seeds a bar. For runs evaluated once, where a curve per epoch would be one point."""
+    fig, axes = c.grid(f"{what[0].upper()}{what[1:]} (each seed a dot; mean ± std over seeds)")
+    for ax, dataset in zip(axes, c.datasets):
+        methods = list(dict.fromkeys(r["method"] for r in c.runs if r["dataset"] == dataset))
+        for row, method in enumerate(methods):
+            values = [100 * r[key][-1] for r in c.by(dataset, method) if r.get(key)]
+            if not values:
+                continue
+            color = f"C{row % 10}"
+            ax.plot(values, [row] * len(values), "o", ms=3, alpha=0.45, color=color)
+            std = statistics.stdev(values) if len(values) > 1 else 0.0
+            ax.errorbar(statistics.fmean(values), row, xerr=std, fmt="D", ms=5, capsize=3, color=color)
+        ax.set_yticks(range(len(methods)), methods)
+        ax.invert_yaxis()  # the first method on top
+        ax.set(title=dataset, xlabel=f"{what} (%)")
+        ax.grid(alpha=0.3, axis="x")
     return _save(fig, c.out / filename)
 
 
