@@ -183,3 +183,56 @@ def test_the_cpu_speed_table_quotes_the_committed_default_report():
     for row in rows:
         ms = _ms_per_step(report, SPEED_SETUPS[row[0]])
         assert row[derived] == f"{ms['deepkd_fixed'] / ms['official pattern']:.2f}", row[0]
+
+
+# ------------------------------------------------------------------ the figures
+
+
+def test_runs_evaluated_once_are_drawn_per_method_not_as_one_point_curves(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from benchmarks.accuracy import plots
+
+    drawn: list[tuple[str, str]] = []
+    real = plots.final_plot
+    monkeypatch.setattr(
+        plots, "final_plot", lambda c, key, what, name: drawn.append((key, what)) or real(c, key, what, name)
+    )
+    final = [
+        {"dataset": "d", "method": m, "seed": s, "test_top1": [0.5 + s / 100]} for m in ("kd", "dkd") for s in (0, 1)
+    ]
+    path = plots.curves_plot(plots.Canvas(final, tmp_path, plt), "test_top1", "t", "test top-1 (%)", "accuracy.png")
+    assert path.is_file() and drawn == [("test_top1", "test top-1 after the last epoch")]
+    per_epoch = [dict(r, test_top1=[0.4, 0.5]) for r in final]
+    plots.curves_plot(plots.Canvas(per_epoch, tmp_path, plt), "test_top1", "t", "test top-1 (%)", "accuracy.png")
+    assert len(drawn) == 1  # curves per epoch stay curves
+    plt.close("all")
+
+
+def test_every_committed_figure_is_shown_by_a_page():
+    # every figure under docs/img/ is shown by a page; nothing orphaned from an earlier run stays
+    docs = tables.ROOT / "docs"
+    shown = set(re.findall(r"img/(?:long|default)/[\w.-]+\.png", (tables.ROOT / "README.md").read_text()))
+    for page in docs.glob("*.md"):
+        shown |= set(re.findall(r"img/(?:long|default)/[\w.-]+\.png", page.read_text(encoding="utf-8")))
+    committed = {p.relative_to(docs).as_posix() for p in (docs / "img").rglob("*.png")}
+    assert committed == {s.removeprefix("docs/") for s in shown}
+
+
+def test_publish_copies_the_figures_its_report_shows_and_drops_earlier_ones(tmp_path):
+    run = tmp_path / "run"
+    (run / "plots").mkdir(parents=True)
+    for name in ("accuracy.png", "dynamics.png", "gsnr.png", "validation.png"):
+        (run / "plots" / name).write_bytes(name.encode())
+    (run / "report.md").write_text("# report\n\n![a](plots/accuracy.png)\n\n![d](plots/dynamics.png)\n")
+    (run / "accuracy.json").write_text('{"meta": {"profile": "default"}, "runs": []}')
+    old = tmp_path / "root" / "docs" / "img" / "default"
+    old.mkdir(parents=True)
+    (old / "mask.png").write_bytes(b"from an earlier run")
+    tables.publish(run, tmp_path / "root")
+    assert sorted(p.name for p in old.iterdir()) == ["accuracy.png", "dynamics.png"]
+    text = (tmp_path / "root" / "docs" / "bench-report-default.md").read_text()
+    assert "](img/default/accuracy.png)" in text and "plots/" not in text
