@@ -340,6 +340,14 @@ def test_a_torchvision_built_for_another_torch_is_reported_with_the_command_that
     assert "deepkd.errors.InstallError: torchvision" in library.stderr  # an ImportError a library user can catch
 
 
+def test_a_dependency_torchvision_lacks_is_named_not_blamed_on_the_torch_pairing():
+    from deepkd.models.torchvision_models import _torchvision_mismatch
+
+    message = _torchvision_mismatch(ModuleNotFoundError("No module named 'PIL'", name="PIL"))
+    assert "needs the 'PIL' module, which is not installed" in message and "does not work with torch" not in message
+    assert "pip install 'torchvision==" in message
+
+
 def test_the_presets_import_wherever_deepkd_is_installed(tmp_path):
     code = (
         "from deepkd import presets; import importlib.util as u; "

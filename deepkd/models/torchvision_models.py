@@ -44,6 +44,12 @@ def _torchvision_mismatch(exc: BaseException) -> str:
         installed = version("torchvision")
     except PackageNotFoundError:
         return f"torchvision is not installed: pip install {vision}{index} (the build released with torch {base})"
+    missing = getattr(exc, "name", None)
+    if isinstance(exc, ModuleNotFoundError) and missing and not missing.startswith("torchvision"):
+        return (
+            f"torchvision {installed} needs the {missing!r} module, which is not installed; reinstalling torchvision "
+            f"brings back its dependencies: pip install 'torchvision=={installed}'{index}"
+        )
     return (
         f"torchvision {installed} does not work with torch {torch.__version__} ({type(exc).__name__}: {exc}): the "
         "two must be builds made for each other, the same release pair (torch 2.N with torchvision 0.(N+15)) from "
