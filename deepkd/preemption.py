@@ -40,11 +40,14 @@ class Interrupts:
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
-        """Catch :data:`SIGNALS` for the duration (main thread only); the previous handlers come back after."""
+        """Catch :data:`SIGNALS` for the duration (main thread only); the previous handlers come back after. A signal
+        this process was started ignoring stays ignored (a job started in the background with ``&`` or ``nohup``
+        ignores Ctrl-C, as the shell meant)."""
         if not self.enabled or threading.current_thread() is not threading.main_thread():
             yield
             return
-        previous = {sig: signal.signal(sig, self._handle) for sig in SIGNALS}
+        caught = [sig for sig in SIGNALS if signal.getsignal(sig) is not signal.SIG_IGN]
+        previous = {sig: signal.signal(sig, self._handle) for sig in caught}
         try:
             yield
         finally:

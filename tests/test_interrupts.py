@@ -35,6 +35,27 @@ def _trainer(run_dir: Path) -> tuple[Trainer, object, object]:
     return Trainer(student, None, recipe, config, run_dir=run_dir, seed=2), train, test
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_reaches_this_process():
+    """Python's own Ctrl-C handler for each test, whatever the test run was started with (a run started in the
+    background, ``&`` or ``nohup``, ignores SIGINT, and deepkd leaves an ignored signal ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_a_signal_the_process_ignores_stays_ignored(tmp_path):
+    from deepkd.preemption import Interrupts
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    interrupts = Interrupts(enabled=True)
+    with interrupts.installed():
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) == interrupts._handle
+        os.kill(os.getpid(), signal.SIGINT)
+    assert interrupts.received is None and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
 def test_ctrl_c_inside_an_epoch_checkpoints_and_resume_ends_with_the_uninterrupted_weights(tmp_path, capfd):
     reference, train, test = _trainer(tmp_path / "ref")
     reference.fit(train, test)
