@@ -169,21 +169,10 @@ def publish(run_dir: Path, root: Path = ROOT) -> None:
 def replot(root: Path = ROOT) -> list[Path]:
     """Redraw the long report's test and validation figures (``docs/img/long/accuracy.png``, ``validation.png``) from
     ``docs/bench-report-long.json``: they need only the runs' accuracies, which the committed JSON keeps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from benchmarks.accuracy.plots import Canvas, curves_plot
+    from benchmarks.accuracy.plots import redraw_accuracy
 
     report = load_report(root / "docs" / "bench-report-long.json")
-    canvas = Canvas(report["runs"], root / "docs" / "img" / "long", plt)
-    paths = [
-        curves_plot(canvas, "test_top1", "Test top-1 per epoch", "test top-1 (%)", "accuracy.png"),
-        curves_plot(canvas, "val_top1", "Validation top-1 per epoch", "validation top-1 (%)", "validation.png"),
-    ]
-    plt.close("all")
-    return paths
+    return redraw_accuracy(report["runs"], root / "docs" / "img" / "long")
 
 
 def main(argv: list[str] | None = None) -> int:

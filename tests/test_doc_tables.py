@@ -30,14 +30,13 @@ def _report() -> dict:
     return {"meta": meta, "runs": runs, "selection": selection}
 
 
-def _docs(root, report) -> None:
+def _docs(root, report, module=tables, owner="benchmarks.tables") -> None:
+    """Pages under ``root`` holding ``module``'s marked blocks (stale), then ``module.write`` from ``report``."""
     (root / "docs").mkdir()
-    for file, names in tables.BLOCKS.items():
-        body = "".join(
-            f"<!-- begin: benchmarks.tables {n} -->\nold\n<!-- end: benchmarks.tables {n} -->\n" for n in names
-        )
+    for file, names in module.BLOCKS.items():
+        body = "".join(f"<!-- begin: {owner} {n} -->\nold\n<!-- end: {owner} {n} -->\n" for n in names)
         (root / file).write_text(f"# {file}\n\nprose before\n\n{body}\nprose after\n")
-    tables.write(root, report)
+    module.write(root, report)
 
 
 def test_the_committed_tables_agree_with_the_committed_report():
@@ -99,18 +98,6 @@ def _first_run_record() -> dict:
             "eval": {"command": "deepkd eval x/best.pt", "stdout": "student tiny_cnn: top-1 87.00%\n"}}  # fmt: skip
 
 
-def _first_run_docs(root, record) -> None:
-    from benchmarks import first_run
-
-    (root / "docs").mkdir()
-    for file, names in first_run.BLOCKS.items():
-        body = "".join(
-            f"<!-- begin: {first_run.OWNER} {n} -->\nold\n<!-- end: {first_run.OWNER} {n} -->\n" for n in names
-        )
-        (root / file).write_text(f"# {file}\n\nprose before\n\n{body}\nprose after\n")
-    first_run.write(root, record)
-
-
 def test_the_committed_first_run_blocks_agree_with_the_committed_record():
     from benchmarks import first_run
 
@@ -125,7 +112,7 @@ def test_the_first_run_blocks_show_the_record_and_go_stale_when_it_changes(tmp_p
     from benchmarks import first_run
 
     record = _first_run_record()
-    _first_run_docs(tmp_path, record)
+    _docs(tmp_path, record, first_run, first_run.OWNER)
     page = (tmp_path / "docs" / "training.md").read_text()
     assert "| student `tiny_cnn`, DeepKD | 10.0–11.0 s | 87.10% | 61 s |" in page
     assert "epoch 1/3  loss 1.0" in page and "$ deepkd eval x/best.pt\nstudent tiny_cnn: top-1 87.00%" in page

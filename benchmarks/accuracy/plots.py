@@ -139,20 +139,41 @@ def mask_plot(c: Canvas) -> Path:
     return _save(fig, c.out / "mask.png")
 
 
-def plots(runs: list[dict[str, Any]], out: Path) -> list[Path]:
-    """Test (and validation) accuracy per epoch, GSNR and momentum coefficients over training, K and phase over
-    training, and K, momenta and GSNR of every DeepKD row side by side (``dynamics.png``)."""
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    c = Canvas(runs, out, plt)
-    out.mkdir(parents=True, exist_ok=True)
+    return plt
+
+
+def accuracy_plots(c: Canvas) -> list[Path]:
+    """Test top-1 (``accuracy.png``) and, with a validation split, validation top-1 (``validation.png``): per epoch,
+    or per method where the runs were evaluated once."""
     paths = [curves_plot(c, "test_top1", "Test top-1 per epoch (mean over seeds)", "test top-1 (%)", "accuracy.png")]
     if any(r.get("val_top1") for r in c.runs):
         title = "Validation top-1 per epoch (mean over seeds)"
         paths.append(curves_plot(c, "val_top1", title, "validation top-1 (%)", "validation.png"))
+    return paths
+
+
+def redraw_accuracy(runs: list[dict[str, Any]], out: Path) -> list[Path]:
+    """:func:`accuracy_plots` alone, from runs without traces (a committed report's slim JSON)."""
+    plt = _pyplot()
+    out.mkdir(parents=True, exist_ok=True)
+    paths = accuracy_plots(Canvas(runs, out, plt))
+    plt.close("all")
+    return paths
+
+
+def plots(runs: list[dict[str, Any]], out: Path) -> list[Path]:
+    """Test (and validation) accuracy per epoch, GSNR and momentum coefficients over training, K and phase over
+    training, and K, momenta and GSNR of every DeepKD row side by side (``dynamics.png``)."""
+    plt = _pyplot()
+    c = Canvas(runs, out, plt)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = accuracy_plots(c)
     paths.append(trace_plot(c, "gsnr_", "GSNR per gradient component", "GSNR", True, "gsnr.png"))
     paths.append(trace_plot(c, "m_", "Momentum coefficient per component", "momentum", False, "momentum.png"))
     paths.append(mask_plot(c))
