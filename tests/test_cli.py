@@ -309,7 +309,7 @@ def test_busy_cores_counts_other_processes_now_and_not_this_one(monkeypatch):
     monkeypatch.setattr(deepkd.utils.time, "sleep", lambda s: None)
     clock = iter([0.0, 0.3])
     monkeypatch.setattr(deepkd.utils.time, "monotonic", lambda: next(clock))
-    assert deepkd.utils.busy_cores() == pytest.approx(30 / __import__("os").sysconf("SC_CLK_TCK") / 0.3)
+    assert deepkd.utils.busy_cores() == pytest.approx(30 / deepkd.utils.os.sysconf("SC_CLK_TCK") / 0.3)
 
     def no_proc():
         raise OSError("no /proc")
